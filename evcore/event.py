@@ -1,0 +1,40 @@
+"""Event dicts, groups and routing keys."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+
+def Event(type: str, _fields: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:  # noqa: N802, A002
+    """Build an event dict of ``type`` with ``fields``, stamping ``timestamp`` if absent.
+
+    >>> ev = Event("task-started", uuid="abc", timestamp=1.5)
+    >>> ev
+    {'uuid': 'abc', 'timestamp': 1.5, 'type': 'task-started'}
+    """
+    event = {**_fields, **fields} if _fields else fields
+    if "timestamp" not in event:
+        event["timestamp"] = time.time()
+    event["type"] = type
+    return event
+
+
+def group_from(type: str) -> str:  # noqa: A002
+    """The group of an event type: the text before the first dash.
+
+    >>> group_from("task-sent"), group_from("custom-my-event"), group_from("heartbeat")
+    ('task', 'custom', 'heartbeat')
+    """
+    return type.split("-", 1)[0]
+
+
+def routing_key_for(type: str) -> str:  # noqa: A002
+    """The routing key an event of ``type`` is published with: dashes become dots."""
+    return type.replace("-", ".")
+
+
+def multi_routing_key(group: str) -> str:
+    """The routing key of a batch of events of ``group``, e.g. ``task.multi``."""
+    return f"{group}.multi"
