@@ -1,0 +1,101 @@
+"""Real brokers for the integration suite.
+
+Each broker comes from a testcontainers container when a Docker engine answers, otherwise
+from ``EVCORE_REDIS_URL`` / ``EVCORE_AMQP_URL`` (defaulting to the local services). Outside
+CI an unreachable broker skips its tests with the reason; with ``CI=true`` it fails them,
+so a broken broker can never pass CI as a row of skips.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from urllib.parse import urlsplit
+
+import pytest
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def docker_answers() -> bool:
+    """Whether a Docker engine is reachable (the client alone is not enough)."""
+    try:
+        import docker
+    except ImportError:
+        return False
+    try:
+        client = docker.from_env(timeout=3)
+        client.ping()
+    except Exception:
+        return False
+    return True
+
+
+def reachable(url: str, default_port: int) -> str | None:
+    """None if a TCP connection to the URL's host and port succeeds, else why not."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return None
+    except OSError as exc:
+        return f"{host}:{port} is unreachable ({exc})"
+
+
+def unavailable(what: str, reason: str) -> None:
+    message = f"{what} broker not available: {reason}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: a broker test must not skip)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def _containers() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture(scope="session")
+def redis_url(_containers: ExitStack) -> str:
+    """URL of a real Redis: a container when Docker answers, else EVCORE_REDIS_URL."""
+    if docker_answers():
+        from testcontainers.redis import RedisContainer
+
+        container = _containers.enter_context(RedisContainer("redis:7-alpine"))
+        host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+        return f"redis://{host}:{port}/0"
+    url = os.environ.get("EVCORE_REDIS_URL", DEFAULT_REDIS_URL)
+    problem = reachable(url, 6379)
+    if problem:
+        unavailable("Redis", problem)
+    return url
+
+
+@pytest.fixture(scope="session")
+def amqp_url(_containers: ExitStack) -> str:
+    """URL of a real RabbitMQ: a container when Docker answers, else EVCORE_AMQP_URL."""
+    if docker_answers():
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        container = _containers.enter_context(RabbitMqContainer("rabbitmq:3-alpine"))
+        host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
+        return f"amqp://guest:guest@{host}:{port}//"
+    url = os.environ.get("EVCORE_AMQP_URL", DEFAULT_AMQP_URL)
+    problem = reachable(url, 5672)
+    if problem:
+        unavailable("RabbitMQ", problem)
+    return url
+
+
+@pytest.fixture
+def exchange_name() -> str:
+    """An exchange name of this test's own, so parallel runs never see each other."""
+    return f"evtest.{uuid.uuid4().hex[:12]}"
