@@ -1,13 +1,14 @@
 """evcore: Celery's event system, unbundled, over pluggable transports."""
 
 from evcore.clock import LamportClock
+from evcore.dispatcher import Dispatcher, EventDispatcher
 from evcore.errors import (
     ChannelError,
     ConfigurationError,
     ConnectionLost,
     DuplicateTransport,
-    EventsDisabled,
     EvcoreError,
+    EventsDisabled,
     InvalidURL,
     MessageRejected,
     MissingDependency,
@@ -16,20 +17,25 @@ from evcore.errors import (
     UnsupportedOperation,
 )
 from evcore.event import Event, group_from
+from evcore.receiver import EventReceiver, Receiver
 from evcore.registry import available_transports, connect
 
 __all__ = [
     "ChannelError",
     "ConfigurationError",
     "ConnectionLost",
+    "Dispatcher",
     "DuplicateTransport",
-    "Event",
     "EvcoreError",
+    "Event",
+    "EventDispatcher",
+    "EventReceiver",
     "EventsDisabled",
     "InvalidURL",
     "LamportClock",
     "MessageRejected",
     "MissingDependency",
+    "Receiver",
     "TransportError",
     "TransportNotFound",
     "UnsupportedOperation",

@@ -29,8 +29,7 @@ class LamportClock:
         """Merge a value seen from another process: ``max(local, other) + 1``."""
         with self._lock:
             value = self.value
-            if other > value:
-                value = other
+            value = max(value, other)
             self.value = value + 1
             return self.value
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def Event(type: str, _fields: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:  # noqa: N802, A002
+def Event(type: str, _fields: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
     """Build an event dict of ``type`` with ``fields``, stamping ``timestamp`` if absent.
 
     >>> ev = Event("task-started", uuid="abc", timestamp=1.5)
@@ -21,7 +21,7 @@ def Event(type: str, _fields: Mapping[str, Any] | None = None, **fields: Any) ->
     return event
 
 
-def group_from(type: str) -> str:  # noqa: A002
+def group_from(type: str) -> str:
     """The group of an event type: the text before the first dash.
 
     >>> group_from("task-sent"), group_from("custom-my-event"), group_from("heartbeat")
@@ -30,7 +30,7 @@ def group_from(type: str) -> str:  # noqa: A002
     return type.split("-", 1)[0]
 
 
-def routing_key_for(type: str) -> str:  # noqa: A002
+def routing_key_for(type: str) -> str:
     """The routing key an event of ``type`` is published with: dashes become dots."""
     return type.replace("-", ".")
 
