@@ -1,0 +1,86 @@
+"""redis-py, behind a narrow seam: importing it lazily, opening connections, mapping errors.
+
+The transport talks to single :class:`redis.connection.Connection` objects rather than a
+pooled client: one for publishing, one per subscription. That keeps pipelined publishing
+to one packed write and one read per reply, and lets a subscription's socket be shut
+down from another thread to wake a blocked reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from types import ModuleType
+from typing import Any
+
+from evcore.errors import ChannelError, ConnectionLost, MissingDependency, TransportError
+from evcore_redis.settings import RedisSettings
+
+__all__ = ["connection_for", "load_redis", "shutdown_socket", "translate"]
+
+INSTALL_HINT = "pip install 'evcore[redis]'"
+
+
+def load_redis() -> ModuleType:
+    """Import redis-py, or raise MissingDependency with the line that installs it."""
+    try:
+        import redis  # noqa: PLC0415 - optional dependency, imported on first use
+        import redis.connection  # noqa: PLC0415
+    except ImportError as exc:
+        raise MissingDependency(
+            f"the Redis transport needs redis-py, which is not installed: {INSTALL_HINT}"
+        ) from exc
+    return redis
+
+
+def connection_for(settings: RedisSettings, health_check_interval: float = 0.0) -> Any:
+    """A new, not yet connected redis-py connection for ``settings`` (RESP2, no retries).
+
+    RESP2 keeps pub/sub replies plain arrays and works with every Redis from 2.8 on;
+    retries are left to evcore's core, which backs off with jitter. With
+    ``health_check_interval``, redis-py PINGs before a command sent after that long a silence.
+    """
+    redis = load_redis()
+    common: dict[str, Any] = {
+        "db": settings.db,
+        "username": settings.username,
+        "password": settings.password,
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.socket_connect_timeout,
+        "client_name": settings.client_name,
+        "health_check_interval": health_check_interval,
+        "protocol": 2,
+    }
+    if settings.kind == "unix":
+        return redis.connection.UnixDomainSocketConnection(path=settings.path, **common)
+    common.update(
+        host=settings.host, port=settings.port, socket_keepalive=settings.socket_keepalive
+    )
+    if settings.kind == "tls":
+        return redis.connection.SSLConnection(**common, **settings.ssl)
+    return redis.connection.Connection(**common)
+
+
+def translate(exc: BaseException, doing: str, settings: RedisSettings) -> TransportError:
+    """Map a redis-py or socket failure onto evcore's errors.
+
+    Authentication and command refusals (``WRONGPASS``, ``NOPERM``, ...) become
+    :class:`ChannelError`: reconnecting cannot cure them. Everything else (refused, reset,
+    timed out, server loading or gone) is a :class:`ConnectionLost`.
+    """
+    redis = load_redis()
+    where = settings.address
+    if isinstance(exc, redis.AuthenticationError | redis.AuthorizationError):
+        return ChannelError(f"Redis at {where} refused the credentials while {doing}: {exc}")
+    if isinstance(exc, redis.ResponseError):
+        return ChannelError(f"Redis at {where} refused {doing}: {exc}")
+    return ConnectionLost(f"lost the connection to Redis at {where} while {doing}: {exc}")
+
+
+def shutdown_socket(connection: Any) -> None:
+    """Shut the connection's socket down without closing it, waking a blocked reader."""
+    sock = getattr(connection, "_sock", None)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)

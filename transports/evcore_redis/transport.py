@@ -1,0 +1,147 @@
+"""The Redis transport: kombu's pub/sub fanout layout over redis-py.
+
+Publishing is ``PUBLISH /{db}.<exchange>/<routing key> <kombu JSON envelope>``, a whole
+batch pipelined in one write and one round trip. Subscribing is ``PSUBSCRIBE`` on a
+dedicated connection per subscription (see :mod:`evcore_redis.subscription`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from evcore.envelope import pack
+from evcore.errors import ConnectionLost, UnsupportedOperation
+from evcore.transport import FANOUT, Capabilities, Exchange, OutgoingMessage, QueueOptions
+from evcore_redis.client import connection_for, load_redis, translate
+from evcore_redis.settings import RedisSettings, parse_settings
+from evcore_redis.subscription import RedisSubscription
+
+__all__ = ["RedisTransport"]
+
+_CAPABILITIES = Capabilities(
+    broadcast=True,
+    exact_routing=False,
+    exchange_types=frozenset({FANOUT}),
+    queue_options=frozenset(),
+    persistent=False,
+)
+
+#: Exchanges whose channel names are kept ready; more are named again on each publish.
+_CHANNEL_CACHE_SIZE = 256
+
+
+class RedisTransport:
+    """Events over Redis pub/sub, wire-compatible with kombu's Redis transport."""
+
+    driver_type = "redis"
+    capabilities = _CAPABILITIES
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self._errors: tuple[type[BaseException], ...] = (load_redis().RedisError, OSError)
+        self._response_error: type[BaseException] = load_redis().ResponseError
+        self._connection: Any = None
+        self._channels: dict[str, tuple[str, str | None]] = {}
+        self._subscriptions: set[RedisSubscription] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str = "redis://", **options: Any) -> RedisTransport:
+        """Open ``redis://``, ``rediss://`` or ``redis+socket://``; options as in the docs.
+
+        Nothing is connected until the first publish or subscribe.
+        """
+        load_redis()
+        return cls(parse_settings(url, **options))
+
+    def _channel_names(self, exchange: str) -> tuple[str, str | None]:
+        """The bare channel of ``exchange`` and the prefix routing keys are appended to."""
+        names = self._channels.get(exchange)
+        if names is None:
+            bare = self.settings.channel_prefix(exchange)
+            names = (bare, bare + "/" if self.settings.fanout_patterns else None)
+            if len(self._channels) >= _CHANNEL_CACHE_SIZE:
+                self._channels.clear()
+            self._channels[exchange] = names
+        return names
+
+    def publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> None:
+        """PUBLISH every message in one round trip; ConnectionLost if any may be unsent."""
+        if self._closed:
+            raise ConnectionLost("the Redis transport is closed")
+        _require_fanout(exchange)
+        if not messages:
+            return
+        name = exchange.name
+        bare, routed = self._channel_names(name)
+        if routed is None:
+            commands = [("PUBLISH", bare, pack(name, m)) for m in messages]
+        else:
+            commands = [
+                ("PUBLISH", routed + m.routing_key if m.routing_key else bare, pack(name, m))
+                for m in messages
+            ]
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = connection_for(
+                self.settings, self.settings.health_check_interval
+            )
+        refusal: BaseException | None = None
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            for _ in commands:
+                try:
+                    connection.read_response()
+                except self._response_error as exc:
+                    refusal = refusal or exc
+        except self._errors as exc:
+            connection.disconnect()
+            raise translate(exc, "publishing", self.settings) from exc
+        if refusal is not None:
+            raise translate(refusal, "PUBLISH", self.settings) from refusal
+
+    def subscribe(
+        self, exchange: Exchange, binding_key: str, queue: QueueOptions
+    ) -> RedisSubscription:
+        """PSUBSCRIBE to the channels ``binding_key`` may match, on a connection of its own.
+
+        ``queue`` is not used: pub/sub has no queue, nothing is kept for an absent
+        subscriber, and the core filters by the exact binding key.
+        """
+        if self._closed:
+            raise ConnectionLost("the Redis transport is closed")
+        _require_fanout(exchange)
+        patterns = self.settings.subscribe_patterns(exchange.name, binding_key)
+        subscription = RedisSubscription(self.settings, exchange.name, patterns, self._forget)
+        with self._lock:
+            self._subscriptions.add(subscription)
+        return subscription
+
+    def _forget(self, subscription: RedisSubscription) -> None:
+        with self._lock:
+            self._subscriptions.discard(subscription)
+
+    def close(self) -> None:
+        """Close the publishing connection and every subscription; safe to call twice."""
+        self._closed = True
+        with self._lock:
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.close()
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
+
+    def __repr__(self) -> str:
+        return f"<RedisTransport {self.settings.kind} {self.settings.address}>"
+
+
+def _require_fanout(exchange: Exchange) -> None:
+    if exchange.type != FANOUT:
+        raise UnsupportedOperation(
+            f"the Redis transport carries fanout exchanges only (pub/sub, as kombu does for "
+            f"events); exchange {exchange.name!r} has type {exchange.type!r}"
+        )
