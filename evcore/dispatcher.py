@@ -345,10 +345,9 @@ class Dispatcher:
         with self.mutex:
             if self._closed:
                 return
-            if self.enabled:
-                self._flush_groups()
-                if self.offline_buffer:
-                    self._drain_offline()
+            self._flush_groups()
+            if self.offline_buffer:
+                self._drain_offline()
             self._closed = True
             if self._owns_transport:
                 self._transport_closed = True

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -129,6 +129,7 @@ class Receiver:
         self.should_stop = False
         self._filter_routing = not self.transport.capabilities.exact_routing and routing_key != "#"
         self._subscription: Subscription | None = None
+        self._pending: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -189,10 +190,22 @@ class Receiver:
         self, limit: int | None = None, timeout: float | None = None
     ) -> Iterator[dict[str, Any]]:
         """Yield events as they are handled: at most ``limit`` events, for at most
-        ``timeout`` seconds in all, until ``should_stop`` is set."""
+        ``timeout`` seconds in all, until ``should_stop`` is set.
+
+        Events of a message that are not reached before the loop ends (the rest of a batch
+        after ``limit`` or a stop) are kept and handled first by the next call.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         remaining = limit
+        pending = self._pending
         while not self.should_stop and (remaining is None or remaining > 0):
+            if pending:
+                event = pending.popleft()
+                self._dispatch(event)
+                yield event
+                if remaining is not None:
+                    remaining -= 1
+                continue
             wait = POLL_INTERVAL
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
@@ -212,13 +225,7 @@ class Receiver:
                 self._drop_subscription()
                 continue
             for message in messages:
-                for event in self._events_of(message):
-                    self._dispatch(event)
-                    yield event
-                    if remaining is not None:
-                        remaining -= 1
-                        if remaining <= 0:
-                            return
+                pending.extend(self._events_of(message))
 
     def capture(self, limit: int | None = None, timeout: float | None = None) -> int:
         """Handle events until ``limit`` events, ``timeout`` seconds or ``should_stop``;
