@@ -26,6 +26,7 @@ def load_redis() -> ModuleType:
     try:
         import redis  # noqa: PLC0415 - optional dependency, imported on first use
         import redis.connection  # noqa: PLC0415
+        import redis.exceptions  # noqa: PLC0415
     except ImportError as exc:
         raise MissingDependency(
             f"the Redis transport needs redis-py, which is not installed: {INSTALL_HINT}"
@@ -68,11 +69,11 @@ def translate(exc: BaseException, doing: str, settings: RedisSettings) -> Transp
     :class:`ChannelError`: reconnecting cannot cure them. Everything else (refused, reset,
     timed out, server loading or gone) is a :class:`ConnectionLost`.
     """
-    redis = load_redis()
+    errors = load_redis().exceptions
     where = settings.address
-    if isinstance(exc, redis.AuthenticationError | redis.AuthorizationError):
+    if isinstance(exc, errors.AuthenticationError | errors.AuthorizationError):
         return ChannelError(f"Redis at {where} refused the credentials while {doing}: {exc}")
-    if isinstance(exc, redis.ResponseError):
+    if isinstance(exc, errors.ResponseError):
         return ChannelError(f"Redis at {where} refused {doing}: {exc}")
     return ConnectionLost(f"lost the connection to Redis at {where} while {doing}: {exc}")
 
