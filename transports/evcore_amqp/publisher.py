@@ -1,0 +1,294 @@
+"""The publishing half of the AMQP transport: one lazily opened connection and channel.
+
+A batch is written to pika's output buffer and flushed once, so it costs no round trip per
+message; with publisher confirms the whole batch waits for its acks once. pika's public
+``BlockingChannel.basic_publish`` flushes (and, in confirm mode, waits) per message, so this
+module drives the underlying asynchronous channel of the ``BlockingChannel`` (its ``_impl``)
+and flushes through ``BlockingChannel._flush_output``; both are stable across pika 1.x.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from evcore.errors import ChannelError, ConnectionLost
+from evcore.transport import Exchange, OutgoingMessage
+from evcore_amqp.connection import load_pika, open_connection
+from evcore_amqp.failures import channel_level, translate
+from evcore_amqp.options import AMQPOptions
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import (  # type: ignore[import-untyped]
+        BlockingChannel,
+        BlockingConnection,
+    )
+
+__all__ = ["PublishStats", "Publisher"]
+
+_PROPERTIES_CACHE_SIZE = 256
+
+
+@dataclass
+class PublishStats:
+    """Counters of the publishing connection."""
+
+    #: Messages handed to the broker.
+    published: int = 0
+    #: Calls to ``publish()`` that sent at least one message.
+    batches: int = 0
+    #: Messages refused before sending because they exceed ``max_message_bytes``.
+    oversized: int = 0
+    #: Messages the broker negatively acknowledged (``confirm_publish`` only).
+    nacked: int = 0
+    #: Connections opened (the first one included).
+    connections: int = 0
+    #: Channels the broker closed with an error.
+    channel_errors: int = 0
+
+
+class _Confirms:
+    """Delivery tags published on a confirm-mode channel and not yet acked or nacked."""
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()
+        self.next_tag = 1
+        self.nacked = 0
+
+    def expect(self, count: int) -> None:
+        self.pending.extend(range(self.next_tag, self.next_tag + count))
+        self.next_tag += count
+
+    def on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        settled = 0
+        pending = self.pending
+        if multiple:
+            while pending and (tag == 0 or pending[0] <= tag):
+                pending.popleft()
+                settled += 1
+        elif pending and pending[0] == tag:
+            pending.popleft()
+            settled = 1
+        elif tag in pending:
+            pending.remove(tag)
+            settled = 1
+        if type(method).__name__ == "Nack":
+            self.nacked += settled
+
+
+class Publisher:
+    """Publishes batches on one connection, reconnecting lazily after a loss."""
+
+    def __init__(self, options: AMQPOptions) -> None:
+        self.options = options
+        self.connection_name = f"{options.connection_name}/publisher"
+        self.stats = PublishStats()
+        self._lock = threading.Lock()
+        self._connection: BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._confirms: _Confirms | None = None
+        self._declared: set[tuple[str, str, bool, bool]] = set()
+        self._properties: dict[tuple[Any, ...], Any] = {}
+        self._basic_properties: Callable[..., Any] = load_pika().BasicProperties
+        self._closed = False
+
+    # -- public ---------------------------------------------------------------------------
+
+    def publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish ``messages`` in order; see :meth:`AMQPTransport.publish`."""
+        with self._lock:
+            if self._closed:
+                raise ConnectionLost("the AMQP transport is closed")
+            if not messages:
+                return
+            try:
+                oversized = self._publish(exchange, messages)
+            except Exception as exc:
+                error = translate(exc, f"publishing to exchange {exchange.name!r}")
+                if error is None or error is exc:  # a bug, or an error raised here
+                    raise
+                self._recover(exc)
+                raise error from exc
+        if oversized:
+            raise ChannelError(
+                f"{oversized} of {len(messages)} message(s) to exchange {exchange.name!r} "
+                f"exceed max_message_bytes={self.options.max_message_bytes} and were not "
+                "published; the others were"
+            )
+
+    def close(self) -> None:
+        """Close the connection; later publishes raise ConnectionLost."""
+        with self._lock:
+            self._closed = True
+            self._drop_connection()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> int:
+        channel = self._ready_channel()
+        self._declare(channel, exchange)
+        limit = self.options.max_message_bytes
+        send = channel._impl.basic_publish
+        properties_of = self._properties_of
+        name = exchange.name
+        sent = oversized = 0
+        for message in messages:
+            body = message.body
+            if len(body) > limit:
+                oversized += 1
+                continue
+            send(name, message.routing_key, body, properties_of(message))
+            sent += 1
+        self.stats.oversized += oversized
+        if sent:
+            if self._confirms is not None:
+                self._confirms.expect(sent)
+                self._wait_for_confirms(channel, self._confirms)
+            else:
+                channel._flush_output()
+            self.stats.published += sent
+            self.stats.batches += 1
+        return oversized
+
+    def _ready_channel(self) -> BlockingChannel:
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            # Nothing services an idle publishing connection between publishes, so it
+            # negotiates no heartbeat: the broker would otherwise close it when idle.
+            connection = open_connection(
+                self.options,
+                self.connection_name,
+                heartbeat=0,
+                blocked_connection_timeout=self.options.blocked_connection_timeout,
+            )
+            self._connection, self._channel = connection, None
+            self.stats.connections += 1
+        else:
+            # Read what arrived since the last publish: a close from the broker shows here.
+            connection.process_data_events(0)
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            channel = connection.channel()
+            self._confirms = None
+            if self.options.confirm_publish:
+                self._confirms = self._enable_confirms(channel)
+            self._channel = channel
+            self._declared.clear()
+        return channel
+
+    def _enable_confirms(self, channel: BlockingChannel) -> _Confirms:
+        confirms = _Confirms()
+        selected: list[bool] = []
+        channel._impl.confirm_delivery(
+            ack_nack_callback=confirms.on_confirm,
+            callback=lambda _frame: selected.append(True),
+        )
+        channel._flush_output(lambda: bool(selected))
+        return confirms
+
+    def _wait_for_confirms(self, channel: BlockingChannel, confirms: _Confirms) -> None:
+        timeout = self.options.confirm_timeout
+        deadline = time.monotonic() + timeout
+        connection = channel.connection
+        wake = connection.call_later(timeout, _nothing)  # ends the wait at the deadline
+        try:
+            channel._flush_output(
+                lambda: not confirms.pending or time.monotonic() >= deadline
+            )
+        finally:
+            connection.remove_timeout(wake)
+        if confirms.pending:
+            missing = len(confirms.pending)
+            self._drop_connection()
+            raise ConnectionLost(
+                f"the broker confirmed none of the last {missing} message(s) within "
+                f"{timeout} s; they may not have been published"
+            )
+        if confirms.nacked:
+            nacked, confirms.nacked = confirms.nacked, 0
+            self.stats.nacked += nacked
+            raise ChannelError(f"the broker refused (nacked) {nacked} published message(s)")
+
+    def _declare(self, channel: BlockingChannel, exchange: Exchange) -> None:
+        key = (exchange.name, exchange.type, exchange.durable, exchange.auto_delete)
+        if key in self._declared or not exchange.name:
+            return
+        channel.exchange_declare(
+            exchange.name,
+            exchange.type,
+            durable=exchange.durable,
+            auto_delete=exchange.auto_delete,
+        )
+        self._declared.add(key)
+
+    def _properties_of(self, message: OutgoingMessage) -> Any:
+        headers = message.headers
+        key = (
+            message.content_type,
+            message.content_encoding,
+            message.delivery_mode,
+            message.priority,
+            tuple(headers.items()) if headers else (),
+        )
+        cache = self._properties
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        except TypeError:  # a header value that cannot be hashed: build it every time
+            return self._build_properties(message)
+        if len(cache) >= _PROPERTIES_CACHE_SIZE:
+            cache.clear()
+        properties = cache[key] = self._build_properties(message)
+        return properties
+
+    def _build_properties(self, message: OutgoingMessage) -> Any:
+        return self._basic_properties(
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=message.delivery_mode,
+            priority=message.priority,
+            headers=dict(message.headers),
+        )
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failure, keep the connection if only the channel went away."""
+        only_channel, refused = channel_level(exc)
+        if refused:
+            self.stats.channel_errors += 1
+        connection = self._connection
+        if only_channel and connection is not None and connection.is_open:
+            self._drop_channel()
+        else:
+            self._drop_connection()
+
+    def _drop_channel(self) -> None:
+        channel, self._channel, self._confirms = self._channel, None, None
+        self._declared.clear()
+        if channel is not None and channel.is_open:
+            try:
+                channel.close()
+            except Exception as exc:
+                if translate(exc) is None:
+                    raise
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        self._channel, self._confirms = None, None
+        self._declared.clear()
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except Exception as exc:
+                if translate(exc) is None:
+                    raise
+
+
+def _nothing() -> None:
+    """A timer callback whose only job is to wake the I/O loop."""

@@ -1,0 +1,130 @@
+"""``AMQPTransport``: evcore's Transport over RabbitMQ (AMQP 0-9-1) with pika."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from evcore.errors import ConnectionLost, UnsupportedOperation
+from evcore.transport import (
+    DIRECT,
+    FANOUT,
+    TOPIC,
+    Capabilities,
+    Exchange,
+    OutgoingMessage,
+    QueueOptions,
+)
+from evcore_amqp.connection import describe, load_pika
+from evcore_amqp.options import AMQPOptions, parse_url
+from evcore_amqp.publisher import Publisher, PublishStats
+from evcore_amqp.subscription import AMQPSubscription
+
+__all__ = ["AMQPTransport"]
+
+_CAPABILITIES = Capabilities(
+    broadcast=True,
+    exact_routing=True,
+    exchange_types=frozenset({TOPIC, FANOUT, DIRECT}),
+    queue_options=frozenset(
+        {"exclusive", "auto_delete", "durable", "message_ttl", "expires", "max_length"}
+    ),
+    persistent=False,
+)
+
+
+class AMQPTransport:
+    """RabbitMQ through pika, wire-compatible with Celery's py-amqp transport.
+
+    Publishing uses one connection, opened on the first publish; every subscription gets
+    a connection of its own, so a Dispatcher and any number of Receivers can share one
+    transport from different threads.
+
+    >>> transport = AMQPTransport.from_url("amqp://guest:guest@127.0.0.1:5672//")
+    >>> transport.options.vhost, transport.driver_type
+    ('/', 'amqp')
+    """
+
+    driver_type = "amqp"
+    capabilities = _CAPABILITIES
+
+    def __init__(self, options: AMQPOptions) -> None:
+        load_pika()
+        self.options = options
+        self._publisher = Publisher(options)
+        self._subscriptions: set[AMQPSubscription] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> AMQPTransport:
+        """Build a transport for an ``amqp://``, ``amqps://`` or ``pyamqp://`` URL.
+
+        Options come from the URL's query string or keyword arguments (which win); see
+        ``docs/transports/amqp.md``. Nothing connects until the first publish or subscribe.
+        """
+        return cls(parse_url(url, options))
+
+    @property
+    def stats(self) -> PublishStats:
+        """Counters of the publishing side (published, oversized, nacked, ...)."""
+        return self._publisher.stats
+
+    @property
+    def connection_name(self) -> str:
+        """The client-provided name of the publishing connection, as RabbitMQ shows it."""
+        return self._publisher.connection_name
+
+    def publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> None:
+        """Publish ``messages`` in order to ``exchange`` (declared once per channel).
+
+        Raises ConnectionLost when they may not have been sent; the next call reconnects.
+        Raises ChannelError when the broker refuses (an exchange of another type), when
+        messages exceed ``max_message_bytes`` (the others are still sent) or, with
+        ``confirm_publish``, when the broker nacks some.
+        """
+        self._check_exchange(exchange)
+        self._publisher.publish(exchange, messages)
+
+    def subscribe(
+        self, exchange: Exchange, binding_key: str, queue: QueueOptions
+    ) -> AMQPSubscription:
+        """Declare ``exchange`` and ``queue``, bind them with ``binding_key`` and consume,
+        on a new connection."""
+        self._check_exchange(exchange)
+        with self._lock:
+            if self._closed:
+                raise ConnectionLost("the AMQP transport is closed")
+        subscription = AMQPSubscription(
+            self.options, exchange, binding_key, queue, on_close=self._forget
+        )
+        with self._lock:
+            if not self._closed:
+                self._subscriptions.add(subscription)
+                return subscription
+        subscription.close()
+        raise ConnectionLost("the AMQP transport was closed while subscribing")
+
+    def close(self) -> None:
+        """Close the publishing connection and every subscription; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.close()
+        self._publisher.close()
+
+    def _forget(self, subscription: AMQPSubscription) -> None:
+        with self._lock:
+            self._subscriptions.discard(subscription)
+
+    def _check_exchange(self, exchange: Exchange) -> None:
+        if exchange.type not in _CAPABILITIES.exchange_types:
+            raise UnsupportedOperation(
+                f"exchange type {exchange.type!r} is not supported by the AMQP transport "
+                f"(supported: {sorted(_CAPABILITIES.exchange_types)})"
+            )
+
+    def __repr__(self) -> str:
+        return f"<AMQPTransport {describe(self.options)}>"
