@@ -77,9 +77,7 @@ def _database(name: str, value: Any) -> int:
     try:
         db = int(text)
     except (TypeError, ValueError):
-        raise InvalidURL(
-            f"{name} {value!r} is not a database number (an integer from 0)"
-        ) from None
+        raise InvalidURL(f"{name} {value!r} is not a database number (an integer from 0)") from None
     if db < 0:
         raise InvalidURL(f"{name} {value!r} is not a database number (an integer from 0)")
     return db
@@ -318,9 +316,7 @@ def parse_settings(url: str, **options: Any) -> RedisSettings:
             raise InvalidURL("TLS does not apply to redis+socket:// (a Unix socket)")
         kind = "tls"
     if kind != "tls" and tls:
-        raise InvalidURL(
-            f"TLS options ({', '.join(sorted(tls))}) need a rediss:// URL or ssl=true"
-        )
+        raise InvalidURL(f"TLS options ({', '.join(sorted(tls))}) need a rediss:// URL or ssl=true")
     if kind == "tls":
         tls.setdefault("ssl_cert_reqs", "required")
         if tls["ssl_cert_reqs"] == "none":
