@@ -255,7 +255,10 @@ class MemoryTransport:
         """Open ``memory://`` (the default bus) or ``memory://NAME`` (a named bus)."""
         if options:
             raise InvalidURL(f"memory:// takes no options, got {sorted(options)}")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            raise InvalidURL(f"cannot parse {url!r}: {exc}") from None
         if parts.scheme != "memory":
             raise InvalidURL(f"not a memory:// URL: {url!r}")
         name = (parts.netloc + parts.path).strip("/")
