@@ -8,10 +8,17 @@ from contextlib import contextmanager
 
 from evcore.errors import ChannelError, ConnectionLost, EvcoreError, TransportError
 
-__all__ = ["channel_level", "inequivalent_arg", "translate", "translated"]
+__all__ = [
+    "RESOURCE_LOCKED",
+    "channel_level",
+    "inequivalent_arg",
+    "reply_code",
+    "translate",
+    "translated",
+]
 
-#: AMQP reply codes that a reconnect may cure.
-_TEMPORARY_CHANNEL_CODES = frozenset({405})  # RESOURCE_LOCKED: an exclusive queue still held
+#: RESOURCE_LOCKED: an exclusive queue held by another connection.
+RESOURCE_LOCKED = 405
 _REFUSED_CONNECTION_CODES = frozenset({403, 530})  # ACCESS_REFUSED, NOT_ALLOWED (vhost)
 
 _INEQUIVALENT = re.compile(
@@ -36,9 +43,13 @@ def inequivalent_arg(reply_text: str) -> dict[str, str] | None:
     return found
 
 
+def reply_code(exc: BaseException | None) -> int | None:
+    """The AMQP reply code of a broker's channel or connection close, else None."""
+    code = getattr(exc, "reply_code", None)
+    return code if isinstance(code, int) else None
+
+
 def _channel_refusal(code: int, text: str, what: str) -> TransportError:
-    if code in _TEMPORARY_CHANNEL_CODES:
-        return ConnectionLost(f"broker refused {what} for now ({code} {text}); will retry")
     mismatch = inequivalent_arg(text) if code == 406 else None
     if mismatch is not None and mismatch["arg"] == "type":
         return ChannelError(

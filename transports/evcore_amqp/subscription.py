@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from evcore.errors import ConnectionLost
+from evcore.errors import ChannelError, ConnectionLost
 from evcore.transport import Exchange, IncomingMessage, QueueOptions
 from evcore_amqp.connection import open_connection
-from evcore_amqp.failures import translate, translated
+from evcore_amqp.failures import RESOURCE_LOCKED, reply_code, translate, translated
 from evcore_amqp.options import AMQPOptions, queue_arguments
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class AMQPSubscription:
         binding_key: str,
         queue: QueueOptions,
         on_close: Callable[[AMQPSubscription], None] | None = None,
+        *,
+        stale_queue: bool = False,
     ) -> None:
         self.exchange = exchange
         self.binding_key = binding_key
@@ -62,12 +64,19 @@ class AMQPSubscription:
         connection = open_connection(options, self.connection_name, heartbeat=options.heartbeat)
         self._connection: BlockingConnection = connection
         try:
-            self._channel: BlockingChannel = self._setup(options, arguments)
+            self._channel: BlockingChannel = self._setup(options, arguments, stale_queue)
         except BaseException:
             self._teardown()
             raise
 
-    def _setup(self, options: AMQPOptions, arguments: dict[str, Any]) -> BlockingChannel:
+    @property
+    def lost(self) -> bool:
+        """Whether the connection or the consumer went away (the subscription is dead)."""
+        return self._lost is not None
+
+    def _setup(
+        self, options: AMQPOptions, arguments: dict[str, Any], stale_queue: bool
+    ) -> BlockingChannel:
         exchange, queue = self.exchange, self.queue
         with translated(f"declaring exchange {exchange.name!r}"):
             channel = self._connection.channel()
@@ -78,14 +87,24 @@ class AMQPSubscription:
                     durable=exchange.durable,
                     auto_delete=exchange.auto_delete,
                 )
-        with translated(f"declaring queue {queue.name!r}"):
-            channel.queue_declare(
-                queue.name,
-                durable=queue.durable,
-                exclusive=queue.exclusive,
-                auto_delete=queue.auto_delete,
-                arguments=arguments,
-            )
+        try:
+            with translated(f"declaring queue {queue.name!r}"):
+                channel.queue_declare(
+                    queue.name,
+                    durable=queue.durable,
+                    exclusive=queue.exclusive,
+                    auto_delete=queue.auto_delete,
+                    arguments=arguments,
+                )
+        except ChannelError as exc:
+            if stale_queue and reply_code(exc.__cause__) == RESOURCE_LOCKED:
+                # Our own earlier connection, lost on our side, may still hold the queue
+                # until the broker notices: that passes, so let the caller retry.
+                raise ConnectionLost(
+                    f"queue {queue.name!r} is still held by the connection that was lost; "
+                    "the broker releases it when it notices"
+                ) from exc
+            raise
         with translated(f"binding queue {queue.name!r} to exchange {exchange.name!r}"):
             if exchange.name:
                 channel.queue_bind(queue.name, exchange.name, routing_key=self.binding_key)

@@ -30,7 +30,7 @@ _CAPABILITIES = Capabilities(
     queue_options=frozenset(
         {"exclusive", "auto_delete", "durable", "message_ttl", "expires", "max_length"}
     ),
-    persistent=False,
+    persistent=True,
 )
 
 
@@ -54,6 +54,8 @@ class AMQPTransport:
         self.options = options
         self._publisher = Publisher(options)
         self._subscriptions: set[AMQPSubscription] = set()
+        #: Queues whose subscription lost its connection: the broker may still hold them.
+        self._stale_queues: set[str] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -96,10 +98,12 @@ class AMQPTransport:
         with self._lock:
             if self._closed:
                 raise ConnectionLost("the AMQP transport is closed")
+            stale = queue.name in self._stale_queues
         subscription = AMQPSubscription(
-            self.options, exchange, binding_key, queue, on_close=self._forget
+            self.options, exchange, binding_key, queue, self._forget, stale_queue=stale
         )
         with self._lock:
+            self._stale_queues.discard(queue.name)
             if not self._closed:
                 self._subscriptions.add(subscription)
                 return subscription
@@ -118,6 +122,8 @@ class AMQPTransport:
     def _forget(self, subscription: AMQPSubscription) -> None:
         with self._lock:
             self._subscriptions.discard(subscription)
+            if subscription.lost:
+                self._stale_queues.add(subscription.queue.name)
 
     def _check_exchange(self, exchange: Exchange) -> None:
         if exchange.type not in _CAPABILITIES.exchange_types:
