@@ -102,7 +102,13 @@ class KombuTransport:
             raise InvalidURL(f"kombu cannot parse {url!r}: {exc}") from exc
         except (KeyError, ImportError) as exc:
             raise _lookup_error(exc, kombu_url.split("://", 1)[0]) from exc
-        return cls(connection, owns_connection=True)
+        transport = cls(connection, owns_connection=True)
+        if not connection.hostname:
+            # Spell out kombu's default host (memory://, filesystem://), or kombu warns
+            # "No hostname was supplied" on every clone.
+            defaults = connection.transport.default_connection_params
+            connection.hostname = defaults.get("hostname")
+        return transport
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -356,7 +362,7 @@ def _declare_exchange(
     )(channel)
     try:
         bound.declare()
-    except kombu.exceptions.NotEquivalentError as exc:
+    except kombu.transport.virtual.base.NotEquivalentError as exc:
         existing = _virtual_exchange_type(channel, exchange.name)
         raise ChannelError(
             f"exchange {exchange.name!r} is already declared as {existing!r}, "
