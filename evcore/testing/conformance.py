@@ -63,6 +63,11 @@ def _message(routing_key: str, body: bytes, **properties: Any) -> OutgoingMessag
     return OutgoingMessage(routing_key=routing_key, body=body, **properties)
 
 
+def _exchange(kind: str, name: str | None = None) -> Exchange:
+    # Transient and auto-deleted, so that a real broker forgets the suite's exchanges.
+    return Exchange(name or unique_name(), kind, durable=False, auto_delete=True)
+
+
 def _numbered(prefix: str, count: int, routing_key: str = "task.received") -> list[OutgoingMessage]:
     return [_message(routing_key, f"{prefix}-{i:04d}".encode()) for i in range(count)]
 
@@ -142,11 +147,12 @@ class TransportConformance:
         return subscription
 
     def exchange_for(self, transport: Transport, name: str | None = None) -> Exchange:
-        """An exchange of the type the core would use for events on this transport."""
+        """A transient, auto-deleted exchange of the type the core would use for events on
+        this transport."""
         declared = transport.capabilities.exchange_types
         preferred = rule_for(transport.driver_type).exchange_type
         kind = preferred if preferred in declared else sorted(declared)[0]
-        return Exchange(name or unique_name(), kind)
+        return _exchange(kind, name)
 
     def receive_through(
         self, subscription: Subscription, last: bytes, binding_key: str = "#", exact: bool = True
@@ -563,7 +569,7 @@ class TransportConformance:
         publisher, consumer = self.connect_transport(), self.connect_transport()
         self.require_exchange_type(consumer, exchange_type)
         exact = consumer.capabilities.exact_routing
-        exchange = Exchange(unique_name(), exchange_type)
+        exchange = _exchange(exchange_type)
         subscriptions = [self.subscribe(consumer, exchange, key) for key, _ in cases]
         messages = [_message(rk, f"m{i}:{rk}".encode()) for i, rk in enumerate(routing_keys)]
         publisher.publish(exchange, messages)
@@ -635,14 +641,14 @@ class TransportConformance:
         if len(kinds) < 2:
             pytest.skip(f"{transport.driver_type!r} transport declares one exchange type only")
         name = unique_name()
-        transport.publish(Exchange(name, kinds[0]), [_message("task.sent", b"x")])
+        transport.publish(_exchange(kinds[0], name), [_message("task.sent", b"x")])
         try:
-            transport.publish(Exchange(name, kinds[1]), [_message("task.sent", b"y")])
+            transport.publish(_exchange(kinds[1], name), [_message("task.sent", b"y")])
         except ChannelError as exc:
             for word in (name, kinds[0], kinds[1]):
                 assert word in str(exc), f"the ChannelError should name {word!r}: {exc}"
 
-        exchange = Exchange(unique_name(), kinds[0])
+        exchange = _exchange(kinds[0])
         subscription = self.subscribe(transport, exchange, "task.sent")
         transport.publish(exchange, [_message("task.sent", b"after-refusal")])
         received = self.receive_through(subscription, b"after-refusal", "task.sent")
@@ -669,19 +675,23 @@ class TransportConformance:
         assert bodies(self.receive_through(other, b"from-intruder")) == [b"from-intruder"]
 
     def reading_queue(self, transport: Transport, **options: Any) -> QueueOptions:
-        """The queue :meth:`_idle_or_absent` needs: one that outlives its subscriber on a
-        persistent transport, else the Receiver's usual private queue."""
-        if transport.capabilities.persistent:
+        """The queue :meth:`_idle_or_absent` needs: one that outlives its subscriber where
+        the transport honours ``auto_delete``, else the Receiver's usual private queue."""
+        if "auto_delete" in transport.capabilities.queue_options:
             return self.lingering_queue(transport, **options)
         return QueueOptions(unique_name("evconf.q"), **options)
 
     def _idle_or_absent(
         self, consumer: Transport, exchange: Exchange, queue: QueueOptions, publish: Any
     ) -> Subscription:
-        """Let ``publish()`` run while the queue's subscriber is not reading: away (closed)
-        on a persistent transport, else subscribed but idle. Returns a reading subscription."""
+        """Run ``publish()`` while nobody reads the queue, and return a reading subscription.
+
+        Where the transport honours ``auto_delete`` the subscriber is away (closed) and comes
+        back: a broker that pushes messages to its consumers at once applies queue limits
+        only to a queue nobody consumes. Elsewhere the subscriber stays, idle.
+        """
         subscription = self.subscribe(consumer, exchange, queue=queue)
-        if consumer.capabilities.persistent:
+        if not queue.auto_delete and "auto_delete" in consumer.capabilities.queue_options:
             subscription.close()
             publish()
             return self.subscribe(consumer, exchange, queue=queue)
