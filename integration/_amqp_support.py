@@ -107,14 +107,18 @@ def close_connections(name: str, timeout: float = 15.0) -> int:
 
 
 def queue_info(name: str) -> dict[str, Any] | None:
-    """What the broker says about queue ``name`` (arguments and flags), or None."""
+    """What the broker says about queue ``name``: its flags, ``arguments`` (name to value)
+    and ``argument_types`` (name to AMQP field type), or None."""
     out = _rabbitmqctl(
         "list_queues", "name", "arguments", "exclusive", "auto_delete", "durable",
         "--formatter", "json",
     )
     for row in json.loads(out or "[]"):
         if row["name"] == name:
-            return dict(row)
+            info = dict(row)
+            info["arguments"] = {key: value for key, _, value in row["arguments"]}
+            info["argument_types"] = {key: kind for key, kind, _ in row["arguments"]}
+            return info
     return None
 
 
