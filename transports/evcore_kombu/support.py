@@ -64,13 +64,11 @@ class KombuSupport:
         )
 
 
-def inspect_transport(transport: Any) -> KombuSupport:
-    """Judge a kombu transport instance (``connection.transport``) without any I/O."""
-    virtual = import_kombu().transport.virtual
-    cls = type(transport)
+def inspect_transport(cls: Any) -> KombuSupport:
+    """Judge a kombu transport class (``type(connection.transport)``) without any I/O."""
     driver_type = str(cls.driver_type)
-    implemented = frozenset(transport.implements.exchange_type)
-    is_virtual = isinstance(transport, virtual.Transport)
+    implemented = frozenset(cls.implements.exchange_type)
+    is_virtual = issubclass(cls, import_kombu().transport.virtual.Transport)
     refusals: dict[str, str] = {}
     for exchange_type in EVENT_EXCHANGE_TYPES:
         reason = _refusal(cls, exchange_type, implemented, is_virtual, driver_type)

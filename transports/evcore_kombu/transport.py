@@ -65,7 +65,7 @@ class KombuTransport:
             )
         self._template = connection
         self._owns_template = owns_connection
-        self.support: KombuSupport = inspect_transport(_kombu_transport_of(connection))
+        self.support: KombuSupport = inspect_transport(type(_kombu_transport_of(connection)))
         self.driver_type = self.support.driver_type
         self.capabilities = self.support.capabilities
         self._lock = threading.Lock()
@@ -244,6 +244,8 @@ class KombuSubscription:
         or the subscription is closed) for the first message."""
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         with self._io:
+            if self._closing.is_set():
+                return []
             if self._lost is not None:
                 raise ConnectionLost(self._lost)
             if self._failure is not None:
