@@ -1,8 +1,11 @@
 """The Redis transport: kombu's pub/sub fanout layout over redis-py.
 
 Publishing is ``PUBLISH /{db}.<exchange>/<routing key> <kombu JSON envelope>``, a whole
-batch pipelined in one write and one round trip. Subscribing is ``PSUBSCRIBE`` on a
-dedicated connection per subscription (see :mod:`evcore_redis.subscription`).
+batch pipelined in one write and one round trip. The commands are encoded here (the RESP
+framing of PUBLISH is fixed and the channel prefix is cached), which is several times
+cheaper than packing them through redis-py one argument at a time. Subscribing is
+``PSUBSCRIBE`` on a dedicated connection per subscription (see
+:mod:`evcore_redis.subscription`).
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ _CAPABILITIES = Capabilities(
     persistent=False,
 )
 
-#: Exchanges whose channel names are kept ready; more are named again on each publish.
-_CHANNEL_CACHE_SIZE = 256
+#: How many (exchange, routing key) pairs keep their encoded PUBLISH prefix ready.
+_HEAD_CACHE_SIZE = 1024
+#: A RESP array of three bulk strings, the first one PUBLISH, up to the channel's length.
+_PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n$"
+_CRLF = b"\r\n"
 
 
 class RedisTransport:
@@ -43,7 +49,7 @@ class RedisTransport:
         self._errors: tuple[type[BaseException], ...] = (load_redis().RedisError, OSError)
         self._response_error: type[BaseException] = load_redis().ResponseError
         self._connection: Any = None
-        self._channels: dict[str, tuple[str, str | None]] = {}
+        self._heads: dict[tuple[str, str], bytes] = {}
         self._subscriptions: set[RedisSubscription] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -57,16 +63,17 @@ class RedisTransport:
         load_redis()
         return cls(parse_settings(url, **options))
 
-    def _channel_names(self, exchange: str) -> tuple[str, str | None]:
-        """The bare channel of ``exchange`` and the prefix routing keys are appended to."""
-        names = self._channels.get(exchange)
-        if names is None:
-            bare = self.settings.channel_prefix(exchange)
-            names = (bare, bare + "/" if self.settings.fanout_patterns else None)
-            if len(self._channels) >= _CHANNEL_CACHE_SIZE:
-                self._channels.clear()
-            self._channels[exchange] = names
-        return names
+    def _command_head(self, exchange: str, routing_key: str) -> bytes:
+        """The RESP encoding of ``PUBLISH <channel>`` up to the payload's length."""
+        key = (exchange, routing_key)
+        head = self._heads.get(key)
+        if head is None:
+            channel = self.settings.publish_channel(exchange, routing_key).encode("utf-8")
+            head = b"%s%d\r\n%s\r\n$" % (_PUBLISH, len(channel), channel)
+            if len(self._heads) >= _HEAD_CACHE_SIZE:
+                self._heads.clear()
+            self._heads[key] = head
+        return head
 
     def publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> None:
         """PUBLISH every message in one round trip; ConnectionLost if any may be unsent."""
@@ -76,14 +83,11 @@ class RedisTransport:
         if not messages:
             return
         name = exchange.name
-        bare, routed = self._channel_names(name)
-        if routed is None:
-            commands = [("PUBLISH", bare, pack(name, m)) for m in messages]
-        else:
-            commands = [
-                ("PUBLISH", routed + m.routing_key if m.routing_key else bare, pack(name, m))
-                for m in messages
-            ]
+        head = self._command_head
+        parts: list[bytes] = []
+        for message in messages:
+            payload = pack(name, message)
+            parts += (head(name, message.routing_key), b"%d\r\n" % len(payload), payload, _CRLF)
         connection = self._connection
         if connection is None:
             connection = self._connection = connection_for(
@@ -91,8 +95,8 @@ class RedisTransport:
             )
         refusal: BaseException | None = None
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
-            for _ in commands:
+            connection.send_packed_command([b"".join(parts)])
+            for _ in messages:
                 try:
                     connection.read_response()
                 except self._response_error as exc:
