@@ -9,7 +9,9 @@ import click
 
 from evcore import __version__
 from evcore.cli.common import EvcoreGroup, configure_logging
+from evcore.cli.demo import demo
 from evcore.cli.dump import dump
+from evcore.cli.top import top
 from evcore.cli.transports_cmd import transports
 
 
@@ -25,6 +27,8 @@ def cli(verbose: int) -> None:
     configure_logging(verbose)
 
 
+cli.add_command(demo)
+cli.add_command(top)
 cli.add_command(dump)
 cli.add_command(transports)
 

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -106,7 +106,8 @@ def _iso(seconds_from_now: float) -> str:
 
 
 class ClusterSimulator:
-    """Publish the events of ``workers`` simulated workers running ``rate`` tasks a second.
+    """Publish the events of ``workers`` simulated workers running ``rate`` tasks a second,
+    of the ``kinds`` given (by weight).
 
     >>> from evcore.cli.simulator import ClusterSimulator
     >>> simulator = ClusterSimulator("memory://docs-simulator", workers=2, rate=5, seed=1)
@@ -124,6 +125,7 @@ class ClusterSimulator:
         exchange: str = "celeryev",
         heartbeat_freq: float = HEARTBEAT_FREQ,
         restarts: bool = True,
+        kinds: Sequence[TaskKind] = KINDS,
     ) -> None:
         if workers < 1:
             raise ValueError("a simulated cluster needs at least one worker")
@@ -137,8 +139,14 @@ class ClusterSimulator:
         self._timetable: list[tuple[float, int, Callable[[], None]]] = []
         self._sequence = itertools.count()
         host = socket.gethostname()
+        #: One clock for the whole cluster, as if gossip kept the workers' clocks in step.
+        self.clock = LamportClock()
         self.client = Dispatcher(
-            self.transport, hostname=anon_nodename(), enabled=False, exchange=exchange
+            self.transport,
+            hostname=anon_nodename(),
+            enabled=False,
+            exchange=exchange,
+            clock=self.clock,
         )
         self.workers = [
             SimWorker(
@@ -148,12 +156,13 @@ class ClusterSimulator:
                     hostname=f"demo-worker{index}@{host}",
                     buffer_group={"task"},
                     exchange=exchange,
-                    clock=LamportClock(),
+                    clock=self.clock,
                 ),
             )
             for index in range(1, workers + 1)
         ]
-        self._weights = [kind.weight for kind in KINDS]
+        self.kinds = tuple(kinds)
+        self._weights = [kind.weight for kind in self.kinds]
 
     # -- the timetable ------------------------------------------------------------------
 
@@ -275,7 +284,7 @@ class ClusterSimulator:
     # -- tasks --------------------------------------------------------------------------
 
     def _arrival(self) -> None:
-        kind = self.random.choices(KINDS, self._weights)[0]
+        kind = self.random.choices(self.kinds, self._weights)[0]
         self._send_task(kind, parent=None)
         self._at(self.random.expovariate(self.rate), self._arrival)
 
