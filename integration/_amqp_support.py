@@ -93,8 +93,9 @@ def _rabbitmqctl(*args: str) -> str:
 
 def connection_pids(name: str) -> list[str]:
     """Erlang pids of the broker's connections whose client-provided name is ``name``."""
-    out = _rabbitmqctl("list_connections", "pid", "user_provided_name", "--formatter", "json")
-    return [row["pid"] for row in json.loads(out or "[]") if row["user_provided_name"] == name]
+    out = _rabbitmqctl("--no-table-headers", "list_connections", "pid", "client_properties")
+    marker = f'{{"connection_name","{name}"}}'
+    return [line.split("\t", 1)[0] for line in out.splitlines() if marker in line]
 
 
 def close_connections(name: str, timeout: float = 15.0) -> int:
@@ -127,25 +128,38 @@ class TcpProxy:
 
     ``cut()`` closes every proxied connection on both sides (the broker sees its client go,
     the client sees the broker go) and refuses new ones until ``restore()``.
+    ``drop_clients()`` closes only the client sides and keeps the broker sides open, as a
+    network failure that the client notices before the broker does; ``release()`` then
+    closes the broker sides too.
     """
 
     def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)  # so the accept loop notices close()
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._held: list[socket.socket] = []
         self._accepting = True
         self._stopped = False
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
 
+    def url(self, amqp_url: str) -> str:
+        """``amqp_url`` pointed at the proxy."""
+        parts = parse_url(amqp_url)
+        return f"amqp://{parts.username}:{parts.password}@127.0.0.1:{self.port}//"
+
     def _accept_loop(self) -> None:
         while not self._stopped:
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             with self._lock:
                 accepting = self._accepting and not self._stopped
             if not accepting:
@@ -158,12 +172,11 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                self._sockets += [client, upstream]
+                self._pairs.append((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while True:
                 data = source.recv(65536)
@@ -172,19 +185,47 @@ class TcpProxy:
                 sink.sendall(data)
         except OSError:
             pass
+        with self._lock:
+            held = set(self._held)
         for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            if sock not in held:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _take_pairs(self) -> list[tuple[socket.socket, socket.socket]]:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        return pairs
+
+    @staticmethod
+    def _close(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
     def cut(self) -> None:
-        """Drop every proxied connection and refuse new ones."""
+        """Drop every proxied connection, both sides, and refuse new ones."""
         with self._lock:
             self._accepting = False
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        for client, upstream in self._take_pairs():
+            self._close(client)
+            self._close(upstream)
+        self.release()
+
+    def drop_clients(self) -> None:
+        """Close the client sides only; the broker keeps its connections until release()."""
+        pairs = self._take_pairs()
+        with self._lock:
+            self._held.extend(upstream for _, upstream in pairs)
+        for client, _ in pairs:
+            self._close(client)
+
+    def release(self) -> None:
+        """Close the broker sides kept by drop_clients()."""
+        with self._lock:
+            held, self._held = self._held, []
+        for upstream in held:
+            self._close(upstream)
 
     def restore(self) -> None:
         """Accept connections again."""
@@ -193,14 +234,16 @@ class TcpProxy:
 
     def close(self) -> None:
         self._stopped = True
+        self._thread.join(5)
         self.cut()
         self._listener.close()
-        self._thread.join(5)
 
 
 @contextlib.contextmanager
-def tcp_proxy(target_port: int) -> Iterator[TcpProxy]:
-    proxy = TcpProxy(target_port)
+def tcp_proxy(target_url: str) -> Iterator[TcpProxy]:
+    """A proxy in front of the broker of ``target_url``, closed at the end."""
+    endpoint = parse_url(target_url).endpoints[0]
+    proxy = TcpProxy(endpoint.port, endpoint.host)
     try:
         yield proxy
     finally:
