@@ -4,6 +4,7 @@ The public names mirror ``celery.events.state`` and ``celery.events.snapshot``; 
 ``docs/state.md`` for a guide and ``docs/compat.md`` for the differences from Celery.
 """
 
+from evcore.state.camera import Camera, Polaroid
 from evcore.state.cluster import Registry, State
 from evcore.state.index import TaskIndex, TaskSet
 from evcore.state.states import (
@@ -51,7 +52,9 @@ __all__ = [
     "TASK_EVENT_TO_STATE",
     "TERMINAL_ORDERING",
     "UNREADY_STATES",
+    "Camera",
     "Ordering",
+    "Polaroid",
     "Registry",
     "State",
     "Task",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from itertools import count, islice
 from typing import Any, ClassVar, Generic, TypeVar
 
+from evcore.state import snapshot
 from evcore.state.index import TaskIndex, TimeEntry, TimeIndex
 from evcore.state.states import (
     READY_STATES,
@@ -40,7 +41,17 @@ _MAX_STRINGS = 8192
 class _Kind:
     """What the State needs to know about one event type; cached per type string."""
 
-    __slots__ = ("group", "handle", "is_client", "repeated", "stamped", "state", "subject", "type")
+    __slots__ = (
+        "counted",
+        "group",
+        "handle",
+        "is_client",
+        "repeated",
+        "stamped",
+        "state",
+        "subject",
+        "type",
+    )
 
     def __init__(
         self, type_: str, handle: Callable[[State, Mapping[str, Any], _Kind], Any] | None
@@ -53,6 +64,7 @@ class _Kind:
         self.state = TASK_EVENT_TO_STATE.get(subject) or subject.upper()
         self.stamped = subject in TASK_EVENT_TO_STATE
         self.is_client = subject == "sent"
+        self.counted = subject == "received"
         self.repeated = _REPEATED_FIELDS.get(subject, ())
 
 
@@ -304,22 +316,14 @@ class State:
         created = task is None
         if task is None:
             task = self._add_task(uuid, seq)
-        prev_name = task.name
-        moved = False
+        prev_name, prev_client, prev_worker = task.name, task.client, task.worker
         if kind.is_client:
-            hostname = self._intern(hostname)
-            moved = task.client != hostname
-            prev_hosts = (task.client, _hostname_of(task.worker))
-            task.client = origin = hostname
+            hostname = task.client = origin = self._intern(hostname)
         else:
             worker = self._workers.get(hostname)
             if worker is None:
                 worker = self._add_worker(hostname)
-            prev_worker = task.worker
-            if prev_worker is not worker:
-                moved = True
-                prev_hosts = (task.client, _hostname_of(prev_worker))
-                task.worker = worker
+            task.worker = worker
             if local_received and timestamp:
                 if abs(local_received - timestamp) > HEARTBEAT_DRIFT_MAX:
                     check_drift(hostname, local_received, timestamp)
@@ -328,16 +332,20 @@ class State:
             hostname = worker._hostname  # the stored copy of the same string
 
         self._time.add((clock, origin, seq, uuid) if clock else (0, timestamp, seq, uuid))
-        if kind.subject == "received":
+        if kind.counted:
             self.task_count += 1
-        apply_event(task, kind.subject, kind.state, timestamp, event, self.ordering)
-        self._share_strings(task, kind, hostname)
+        if apply_event(task, kind.subject, kind.state, timestamp, event, self.ordering):
+            # Keep one copy of strings that repeat across tasks instead of one per task.
+            task.type = kind.type
+            task.hostname = hostname
+        if kind.repeated:
+            self._share_strings(task, kind.repeated)
 
         name = task.name
-        if name.__class__ is str and (moved or name != prev_name):
-            if not moved:
-                prev_hosts = (task.client, _hostname_of(task.worker))
-            self._reindex(task, prev_name, prev_hosts)
+        if name.__class__ is str and (
+            name != prev_name or task.client is not prev_client or task.worker is not prev_worker
+        ):
+            self._reindex(task, prev_name, prev_client, prev_worker)
         if task.parent_id:
             self._link_parent(task)
         if self._pending:
@@ -346,13 +354,8 @@ class State:
                 self._adopt(task, waiting)
         return (task, created), kind.subject
 
-    def _share_strings(self, task: Task, kind: _Kind, hostname: str) -> None:
-        # Keep one copy of strings that repeat across tasks instead of one per task.
-        if task.type == kind.type:
-            task.type = kind.type
-        if task.hostname == hostname:
-            task.hostname = hostname
-        for field in kind.repeated:
+    def _share_strings(self, task: Task, fields: tuple[str, ...]) -> None:
+        for field in fields:
             value = getattr(task, field)
             if value.__class__ is str:
                 setattr(task, field, self._intern(value))
@@ -404,21 +407,31 @@ class State:
                 if not waiting:
                     del self._pending[parent_id]
 
-    def _reindex(self, task: Task, prev_name: Any, prev_hosts: tuple[str | None, ...]) -> None:
+    def _reindex(
+        self, task: Task, prev_name: Any, prev_client: str | None, prev_worker: Worker | None
+    ) -> None:
+        """Move a named task to the index keys of its current name, client and worker."""
         uuid: str = task.uuid
         name: str = task.name
         was_indexed = prev_name.__class__ is str
         if name != prev_name:
             if was_indexed:
                 self.tasks_by_type._discard(prev_name, uuid)
-            self.tasks_by_type._add(name, uuid)
+            _index_add(self.tasks_by_type._sets, name, uuid)
             self._seen_types.add(name)
-        old = _hosts_of(*prev_hosts) if was_indexed else set()
-        new = _hosts_of(task.client, _hostname_of(task.worker))
-        for host in old - new:
-            self.tasks_by_worker._discard(host, uuid)
-        for host in new - old:
-            self.tasks_by_worker._add(host, uuid)
+        worker = task.worker
+        new = (task.client, None if worker is None else worker._hostname)
+        sets = self.tasks_by_worker._sets
+        if was_indexed:
+            old = (prev_client, None if prev_worker is None else prev_worker._hostname)
+            for host in old:
+                if host is not None and host not in new:
+                    self.tasks_by_worker._discard(host, uuid)
+        else:
+            old = (None, None)
+        for host in new:
+            if host is not None and host not in old:
+                _index_add(sets, host, uuid)
 
     def _link_parent(self, task: Task) -> None:
         parent_id = task.parent_id
@@ -618,12 +631,33 @@ class State:
             if task._children:
                 task._children.intersection_update(self._tasks)
             if task.name.__class__ is str:
-                self._reindex(task, None, ())
+                self._reindex(task, None, None, None)
         for parent_id, waiting in list(self._pending.items()):
             waiting.intersection_update(self._tasks)
             if not waiting:
                 del self._pending[parent_id]
         self._time.replace([entry for entry in self._time.entries() if entry[3] in self._tasks])
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        """A JSON snapshot of workers, tasks, links and counters (no pickle)."""
+        return snapshot.to_json(self)
+
+    @classmethod
+    def from_json(cls, data: str | bytes | Mapping[str, Any], **kwargs: Any) -> State:
+        """A State restored from :meth:`to_json` output.
+
+        ``kwargs`` are constructor arguments (callbacks, and limits that override the
+        snapshot's); the limits are applied to what is restored, oldest evicted first.
+        """
+        parsed = snapshot.parse(data)
+        options: dict[str, Any] = {"ordering": parsed.get("ordering", "celery")}
+        options.update(parsed.get("limits", {}))
+        options.update(kwargs)
+        state = cls(**options)
+        snapshot.restore(state, parsed)
+        return state
 
     def __repr__(self) -> str:
         return f"<State: events={self.event_count} tasks={self.task_count}>"
@@ -645,6 +679,14 @@ def _check_worker_event(event: Mapping[str, Any]) -> str | None:
     if freq.__class__ not in _NUMBERS:
         return "bad-freq"
     return None
+
+
+def _index_add(sets: dict[str, set[str]], key: str, uuid: str) -> None:
+    uuids = sets.get(key)
+    if uuids is None:
+        sets[key] = {uuid}
+    else:
+        uuids.add(uuid)
 
 
 def _hostname_of(worker: Worker | None) -> str | None:

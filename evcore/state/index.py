@@ -87,13 +87,6 @@ class TaskIndex(Mapping[str, TaskSet]):
     def keys(self) -> KeysView[str]:
         return KeysView(self)
 
-    def _add(self, key: str, uuid: str) -> None:
-        uuids = self._sets.get(key)
-        if uuids is None:
-            self._sets[key] = {uuid}
-        else:
-            uuids.add(uuid)
-
     def _discard(self, key: str | None, uuid: str) -> None:
         if key is None:
             return

@@ -320,19 +320,24 @@ def apply_event(
     timestamp: Any,
     fields: Mapping[str, Any],
     ordering: Ordering,
-) -> None:
-    """Merge one event into ``task``: forward events move the state, late ones only add fields."""
+) -> bool:
+    """Merge one event into ``task``: forward events move the state, late ones only add fields.
+
+    Returns whether every field was merged (the envelope fields included).
+    """
     if subject in STAMPED_SUBJECTS:
         setattr(task, subject, timestamp)
     if ordering.is_late(task, state):
         keep = MERGE_RULES.get(state)
         if keep is not None:
             task._merge_only(fields, keep)
-        elif ordering.late_skip:
+            return False
+        if ordering.late_skip:
             task._merge_except(fields, ordering.late_skip)
-        else:
-            task._merge(fields)
-    else:
+            return False
         task._merge(fields)
-        task.state = state
-        task.timestamp = timestamp
+        return True
+    task._merge(fields)
+    task.state = state
+    task.timestamp = timestamp
+    return True
