@@ -66,7 +66,8 @@ def free_port() -> int:
 class PrivateRedis:
     """A redis-server of the test's own on a free port, to stop and start at will."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        self.args = args
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/{TEST_DB}"
         self._process: subprocess.Popen[bytes] | None = None
@@ -88,13 +89,14 @@ class PrivateRedis:
                 "no",
                 "--daemonize",
                 "no",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         client = admin(self.url)
         try:
-            if not wait_for(lambda: _pings(client), timeout=10):
+            if not wait_for(lambda: _answers(client), timeout=10):
                 raise RuntimeError(f"redis-server on port {self.port} did not come up")
         finally:
             client.close()
@@ -111,16 +113,20 @@ class PrivateRedis:
             process.wait(timeout=10)
 
 
-def _pings(client: redis.Redis) -> bool:
+def _answers(client: redis.Redis) -> bool:
+    """Whether the server is up (an authentication refusal counts as up)."""
     try:
         return bool(client.ping())
+    except (redis.AuthenticationError, redis.ResponseError):
+        return True
     except redis.RedisError:
         return False
 
 
 @contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
+def private_redis(*args: str) -> Iterator[PrivateRedis]:
+    """A private redis-server, with extra command-line ``args``, for the ``with`` block."""
+    server = PrivateRedis(*args)
     server.start()
     try:
         yield server

@@ -7,7 +7,7 @@ import socket
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from evcore.errors import (
@@ -229,10 +229,10 @@ def test_global_keyprefix_prefixes_channels_and_patterns() -> None:
     assert settings.subscribe_patterns("celeryev", "#")[0] == "tenant:/1.celeryev/*"
 
 
-def test_default_binding_gives_kombu_pattern_plus_bare_channel() -> None:
+def test_patterns_are_kombus() -> None:
     settings = parse_settings("redis://h/3")
-    assert settings.subscribe_patterns("celeryev", "#") == ["/3.celeryev/*", "/3.celeryev"]
-    assert settings.subscribe_patterns("celeryev", "worker.#") == ["/3.celeryev/worker*"]
+    assert settings.subscribe_patterns("celeryev", "#") == ["/3.celeryev/*"]
+    assert settings.subscribe_patterns("celeryev", "worker.#") == ["/3.celeryev/worker.*"]
     assert settings.subscribe_patterns("celeryev", "task.multi") == ["/3.celeryev/task.multi"]
 
 
@@ -244,7 +244,14 @@ def test_glob_characters_in_names_are_escaped() -> None:
 
 @pytest.mark.parametrize(
     ("binding", "glob"),
-    [("#", "*"), ("*", "*"), ("worker.#", "worker*"), ("#.sent", "*sent"), ("a.#.b", "a*b")],
+    [
+        ("#", "*"),
+        ("*", "*"),
+        ("worker.#", "worker.*"),
+        ("#.sent", "*.sent"),
+        ("a.#.b", "a.*.b"),
+        ("x?y.#", "x\\?y.*"),
+    ],
 )
 def test_binding_glob(binding: str, glob: str) -> None:
     assert binding_glob(binding) == glob
@@ -253,17 +260,34 @@ def test_binding_glob(binding: str, glob: str) -> None:
 words = st.sampled_from(["task", "worker", "multi", "sent", "a", "", "x?y", "[z]", "*", "#"])
 keys = st.lists(words, min_size=1, max_size=5).map(".".join)
 routing_words = st.sampled_from(["task", "worker", "multi", "sent", "a", "", "x?y", "[z]"])
-routing_keys = st.lists(routing_words, min_size=1, max_size=5).map(".".join)
 
 
-@given(binding=keys, routing_key=routing_keys)
-def test_pattern_never_misses_what_amqp_routes(binding: str, routing_key: str) -> None:
-    """Every routing key the binding matches under AMQP rules reaches the subscription."""
+@given(binding=keys, data=st.data())
+def test_pattern_never_misses_what_kombu_routes(binding: str, data: st.DataObject) -> None:
+    """Every routing key the binding matches with each ``#`` standing for at least one
+    word reaches the subscription (the core then filters by the exact binding)."""
+    words: list[str] = []
+    for word in binding.split("."):
+        if word == "*":
+            words.append(data.draw(routing_words))
+        elif word == "#":
+            words.extend(data.draw(st.lists(routing_words, min_size=1, max_size=3)))
+        else:
+            words.append(word)
+    routing_key = ".".join(words)
+    assume(routing_key != "")
+    assert binding_matches(binding, routing_key)
     settings = parse_settings("redis://h/2")
-    if binding_matches(binding, routing_key):
-        channel = settings.publish_channel("celeryev", routing_key)
-        patterns = settings.subscribe_patterns("celeryev", binding)
-        assert any(redis_glob_regex(p).fullmatch(channel) for p in patterns)
+    channel = settings.publish_channel("celeryev", routing_key)
+    patterns = settings.subscribe_patterns("celeryev", binding)
+    assert any(redis_glob_regex(p).fullmatch(channel) for p in patterns)
+
+
+def test_like_kombu_a_hash_standing_for_no_word_is_missed() -> None:
+    settings = parse_settings("redis://h/2")
+    (pattern,) = settings.subscribe_patterns("celeryev", "worker.#")
+    assert binding_matches("worker.#", "worker")
+    assert not redis_glob_regex(pattern).fullmatch(settings.publish_channel("celeryev", "worker"))
 
 
 # -- transport object ------------------------------------------------------------------

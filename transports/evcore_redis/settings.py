@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from evcore.errors import InvalidURL
-from evcore.routing import binding_matches
 
 __all__ = ["RedisSettings", "binding_glob", "glob_escape", "parse_settings"]
 
@@ -202,20 +201,16 @@ class RedisSettings:
         return prefix
 
     def subscribe_patterns(self, exchange: str, binding_key: str) -> list[str]:
-        """The PSUBSCRIBE patterns that receive at least every message ``binding_key`` matches.
+        """The PSUBSCRIBE patterns for ``binding_key``: exactly kombu's.
 
-        The default binding ``#`` gives kombu's ``/{db}.<exchange>/*``, plus the bare
-        channel that messages without a routing key are published on. Narrower keys give
-        narrower patterns; they may let through more than AMQP would, never less, and the
-        core filters the rest.
+        The default binding ``#`` gives ``/{db}.<exchange>/*``. Redis ACLs compare
+        subscribed patterns literally, so using kombu's patterns keeps working wherever a
+        Celery monitor is allowed to subscribe.
         """
         prefix = glob_escape(self.channel_prefix(exchange))
         if not self.fanout_patterns:
             return [prefix]
-        patterns = [f"{prefix}/{binding_glob(binding_key)}"]
-        if binding_matches(binding_key, ""):
-            patterns.append(prefix)
-        return patterns
+        return [f"{prefix}/{binding_glob(binding_key)}"]
 
 
 def glob_escape(text: str) -> str:
@@ -226,18 +221,17 @@ def glob_escape(text: str) -> str:
 
 
 def binding_glob(binding_key: str) -> str:
-    """A Redis glob matching a superset of the routing keys an AMQP binding key matches.
+    """kombu's glob for an AMQP binding key: ``#`` becomes ``*``, ``*`` stays ``*``.
 
-    ``*`` (one word) and ``#`` (any words) both become ``*``; a ``#`` also swallows the dot
-    next to it, because it may stand for no word at all (``worker.#`` matches ``worker``).
+    A Redis ``*`` matches any text, dots included, so the glob lets through every routing
+    key the binding matches in which each ``#`` stands for at least one word (and more,
+    which the core filters out). Like kombu, it misses a ``#`` standing for no word at all
+    (``worker.#`` does not get ``worker``) and the empty routing key.
     """
-    words = binding_key.split(".")
-    parts: list[str] = []
-    for index, word in enumerate(words):
-        if index and word != "#" and words[index - 1] != "#":
-            parts.append(".")
-        parts.append("*" if word in {"*", "#"} else glob_escape(word))
-    return "".join(parts)
+    return "".join(
+        "*" if char in "#*" else f"\\{char}" if char in _GLOB_SPECIALS else char
+        for char in binding_key
+    )
 
 
 def _split_url(url: str) -> tuple[str, dict[str, Any]]:
