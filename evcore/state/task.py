@@ -173,6 +173,7 @@ class Task(Record):
     merge_rules: ClassVar[Mapping[str, tuple[str, ...]]] = MERGE_RULES
 
     _defaults: ClassVar[Mapping[str, Any]] = {
+        **Record._defaults,
         **dict.fromkeys(__slots__),
         "state": PENDING,
         "clock": 0,
