@@ -350,3 +350,22 @@ def test_error_translation() -> None:
     assert isinstance(refused, ChannelError)
     assert "h:1/2" in str(refused)
     assert isinstance(translate(redis.ResponseError("NOPERM"), "x", settings), ChannelError)
+
+
+def test_certificate_verification_failure_is_a_channel_error() -> None:
+    import ssl
+
+    import redis
+
+    settings = parse_settings("rediss://h:1/2")
+    plain = redis.ConnectionError("Error 1 connecting: certificate verify failed")
+    assert isinstance(translate(plain, "x", settings), ConnectionLost)
+    try:
+        try:
+            raise ssl.SSLCertVerificationError(1, "certificate verify failed")
+        except ssl.SSLError as inner:
+            raise redis.ConnectionError(f"Error 1 connecting: {inner}")  # noqa: B904
+    except redis.ConnectionError as exc:
+        refused = translate(exc, "x", settings)
+    assert isinstance(refused, ChannelError)
+    assert "ssl_ca_certs" in str(refused)

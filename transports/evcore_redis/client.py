@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 from types import ModuleType
 from typing import Any
 
@@ -65,8 +66,9 @@ def connection_for(settings: RedisSettings, health_check_interval: float = 0.0) 
 def translate(exc: BaseException, doing: str, settings: RedisSettings) -> TransportError:
     """Map a redis-py or socket failure onto evcore's errors.
 
-    Authentication and command refusals (``WRONGPASS``, ``NOPERM``, ...) become
-    :class:`ChannelError`: reconnecting cannot cure them. Everything else (refused, reset,
+    Authentication and command refusals (``WRONGPASS``, ``NOPERM``, ...) and a server
+    certificate that fails verification become :class:`ChannelError`: reconnecting cannot
+    cure them. Everything else (refused, reset,
     timed out, server loading or gone) is a :class:`ConnectionLost`.
     """
     errors = load_redis().exceptions
@@ -75,7 +77,23 @@ def translate(exc: BaseException, doing: str, settings: RedisSettings) -> Transp
         return ChannelError(f"Redis at {where} refused the credentials while {doing}: {exc}")
     if isinstance(exc, errors.ResponseError):
         return ChannelError(f"Redis at {where} refused {doing}: {exc}")
+    if _caused_by(exc, ssl.SSLCertVerificationError):
+        return ChannelError(
+            f"the TLS certificate of Redis at {where} failed verification while {doing}: {exc} "
+            "(set ssl_ca_certs to the CA that signed it, or ssl_cert_reqs=none to skip the check)"
+        )
     return ConnectionLost(f"lost the connection to Redis at {where} while {doing}: {exc}")
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def shutdown_socket(connection: Any) -> None:
