@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, ItemsView, Iterator, Mapping, MutableMapping, ValuesView
 from itertools import count, islice
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -122,6 +122,16 @@ class Registry(MutableMapping[K, V], Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def items(self) -> ItemsView[K, V]:
+        """A view of a copy taken under the lock."""
+        with self._lock:
+            return dict(self._data).items()
+
+    def values(self) -> ValuesView[V]:
+        """A view of a copy taken under the lock."""
+        with self._lock:
+            return dict(self._data).values()
 
     def __repr__(self) -> str:
         return f"<Registry: {len(self._data)} items>"
@@ -549,9 +559,7 @@ class State:
         self, name: str, limit: int | None = None, reverse: bool = True
     ) -> Iterator[tuple[str, Task]]:
         found = (
-            (uuid, task)
-            for uuid, task in self.tasks_by_time(reverse=reverse)
-            if task.name == name
+            (uuid, task) for uuid, task in self.tasks_by_time(reverse=reverse) if task.name == name
         )
         return islice(found, limit or None)
 
