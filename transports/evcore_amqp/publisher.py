@@ -93,7 +93,7 @@ class Publisher:
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._confirms: _Confirms | None = None
-        self._declared: set[tuple[str, str, bool, bool]] = set()
+        self._declared: set[Exchange] = set()
         self._properties: dict[tuple[Any, ...], Any] = {}
         self._basic_properties: Callable[..., Any] = load_pika().BasicProperties
         self._closed = False
@@ -131,8 +131,11 @@ class Publisher:
     # -- internals ------------------------------------------------------------------------
 
     def _publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> int:
-        channel = self._ready_channel()
-        self._declare(channel, exchange)
+        channel = self._channel
+        if channel is None or not channel.is_open:
+            channel = self._ready_channel()
+        if exchange not in self._declared:
+            self._declare(channel, exchange)
         limit = self.options.max_message_bytes
         send = channel._impl.basic_publish
         properties_of = self._properties_of
@@ -169,9 +172,6 @@ class Publisher:
             )
             self._connection, self._channel = connection, None
             self.stats.connections += 1
-        else:
-            # Read what arrived since the last publish: a close from the broker shows here.
-            connection.process_data_events(0)
         channel = self._channel
         if channel is None or not channel.is_open:
             channel = connection.channel()
@@ -216,16 +216,14 @@ class Publisher:
             raise ChannelError(f"the broker refused (nacked) {nacked} published message(s)")
 
     def _declare(self, channel: BlockingChannel, exchange: Exchange) -> None:
-        key = (exchange.name, exchange.type, exchange.durable, exchange.auto_delete)
-        if key in self._declared or not exchange.name:
-            return
-        channel.exchange_declare(
-            exchange.name,
-            exchange.type,
-            durable=exchange.durable,
-            auto_delete=exchange.auto_delete,
-        )
-        self._declared.add(key)
+        if exchange.name:  # the default exchange "" cannot be declared
+            channel.exchange_declare(
+                exchange.name,
+                exchange.type,
+                durable=exchange.durable,
+                auto_delete=exchange.auto_delete,
+            )
+        self._declared.add(exchange)
 
     def _properties_of(self, message: OutgoingMessage) -> Any:
         headers = message.headers
