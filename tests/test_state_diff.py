@@ -1,7 +1,7 @@
 """Differential tests: Celery's own State and evcore's, fed the same streams, must agree.
 
 Every task and worker field, LRU orders (evictions), counters, time order and callbacks are
-compared by ``state_diff.assert_same``. The index differences listed in docs/compat.md are
+compared by ``test_state_support.assert_same``. The index differences listed in docs/compat.md are
 checked as "evcore's index holds Celery's, plus what evcore's rule adds".
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from state_diff import assert_same, feed
+from test_state_support import assert_same, feed
 
 from evcore.state import State
 

@@ -1,7 +1,7 @@
 """Feed the same events to Celery's State and evcore's, and compare what they hold.
 
-Shared by the differential tests. Celery is a test-only dependency; this module is not
-collected by pytest (its name does not start with ``test_``).
+Shared by the differential tests (Celery is a test-only dependency). It holds no tests;
+its name only puts it among the State test modules.
 """
 
 from __future__ import annotations
