@@ -350,3 +350,29 @@ def test_properties_as_celery_sets_them_and_cached() -> None:
     assert publisher._properties_of(other) is not properties
     nested = OutgoingMessage("x", b"{}", {"meta": {"a": 1}})
     assert publisher._properties_of(nested).headers == {"meta": {"a": 1}}
+
+
+# -- documentation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module", ["evcore_amqp.options", "evcore_amqp.failures", "evcore_amqp.transport"]
+)
+def test_docstring_examples(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0
+    assert result.failed == 0
+
+
+def test_amqp_doc_examples_run() -> None:
+    import re
+    from pathlib import Path
+
+    document = Path(__file__).resolve().parents[1] / "docs" / "transports" / "amqp.md"
+    blocks = re.findall(r"^```python\n(.*?)^```", document.read_text("utf-8"), re.S | re.M)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(document), "exec"), {"__name__": "__docs__"})
