@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -219,5 +220,28 @@ def test_heartbeats_are_answered_while_receive_waits(
         assert subscription.receive(4.0) == []
         transport.publish(exchange, [OutgoingMessage("task.sent", b"alive")])
         assert [m.body for m in receive_n(subscription, 1)] == [b"alive"]
+    finally:
+        transport.close()
+
+
+def test_queue_deleted_by_an_operator_is_connection_lost_then_redeclared(
+    amqp_url: str, exchange: Exchange
+) -> None:
+    """The broker cancels the consumer of a deleted queue: receive() raises ConnectionLost
+    (instead of waiting forever on nothing) and subscribing again declares it anew."""
+    transport = transport_for(amqp_url)
+    try:
+        queue = QueueOptions(unique("celeryev"))
+        subscription = transport.subscribe(exchange, "#", queue)
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue.name], check=True,
+                       capture_output=True, timeout=60)
+        with pytest.raises(ConnectionLost, match="cancelled"):
+            for _ in range(50):
+                subscription.receive(0.2)
+        subscription.close()
+
+        again = transport.subscribe(exchange, "#", queue)
+        transport.publish(exchange, [OutgoingMessage("task.sent", b"redeclared")])
+        assert [m.body for m in receive_n(again, 1)] == [b"redeclared"]
     finally:
         transport.close()
