@@ -568,3 +568,16 @@ def test_wire_samples_redis_details() -> None:
     )
     parent, child = tasks["1a0daad0"], tasks["67bb981c"]  # child's task-sent came first
     assert child in parent.children and child.parent is parent
+
+
+# -- documentation -------------------------------------------------------------------------
+
+
+def test_state_guide_examples_run() -> None:
+    import doctest
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "state.md"
+    result = doctest.testfile(
+        str(guide), module_relative=False, optionflags=doctest.ELLIPSIS, verbose=False
+    )
+    assert result.failed == 0 and result.attempted > 40
