@@ -68,12 +68,13 @@ def translate(exc: BaseException, doing: str, settings: RedisSettings) -> Transp
 
     Authentication and command refusals (``WRONGPASS``, ``NOPERM``, ...) and a server
     certificate that fails verification become :class:`ChannelError`: reconnecting cannot
-    cure them. Everything else (refused, reset,
-    timed out, server loading or gone) is a :class:`ConnectionLost`.
+    cure them. Everything else (refused, reset, timed out, server loading or gone) is a
+    :class:`ConnectionLost`.
     """
     errors = load_redis().exceptions
     where = settings.address
-    if isinstance(exc, errors.AuthenticationError | errors.AuthorizationError):
+    refusals = (errors.AuthenticationError, getattr(errors, "AuthorizationError", ()))
+    if isinstance(exc, refusals):
         return ChannelError(f"Redis at {where} refused the credentials while {doing}: {exc}")
     if isinstance(exc, errors.ResponseError):
         return ChannelError(f"Redis at {where} refused {doing}: {exc}")

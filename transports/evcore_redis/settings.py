@@ -141,7 +141,6 @@ _SSL_PARSERS: dict[str, Callable[[str, Any], Any]] = {
 
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "db": _database,
-    "virtual_host": _database,
     "username": _optional_text,
     "password": _optional_text,
     "socket_timeout": _seconds,
@@ -155,7 +154,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "max_drain": _positive_int,
     **_SSL_PARSERS,
 }
-_KNOWN = frozenset({"host", "port", "path", "ssl", *_PARSERS})
+_KNOWN = frozenset({"host", "port", "path", "ssl", "virtual_host", *_PARSERS})
 
 
 @dataclass(frozen=True, slots=True)
