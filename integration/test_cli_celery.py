@@ -82,7 +82,7 @@ def broker(redis_url: str) -> str:
 
 
 @pytest.fixture
-def environment(broker: str) -> dict[str, str]:
+def environment(broker: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = {
         **os.environ,
         "EVCORE_CLI_BROKER": broker,
@@ -90,7 +90,8 @@ def environment(broker: str) -> dict[str, str]:
         "COLUMNS": "200",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
     }
-    os.environ.update({k: env[k] for k in ("EVCORE_CLI_BROKER", "EVCORE_CLI_QUEUE")})
+    for name in ("EVCORE_CLI_BROKER", "EVCORE_CLI_QUEUE"):  # for the client in this process
+        monkeypatch.setenv(name, env[name])
     return env
 
 
