@@ -504,6 +504,8 @@ class TransportConformance:
             self.hang_limit,
         )
 
+        if isinstance(subscribing.value, Subscription):
+            self._opened.append(subscribing.value)
         for what, outcome in (("publish()", publishing), ("subscribe()", subscribing)):
             assert outcome.finished, f"{what} on a closed transport hung"
             assert isinstance(outcome.error, TransportError), (
@@ -534,7 +536,9 @@ class TransportConformance:
             pytest.skip("set unreachable_url to a URL where no broker listens to run this check")
         factory = self.transport_factory()
         url = self.unreachable_url
-        opening = run_bounded(lambda: factory.from_url(url, **self.transport_options), 60)
+        opening = run_bounded(
+            lambda: factory.from_url(url, **self.transport_options), self.hang_limit
+        )
         assert opening.finished, f"from_url({url!r}) hung"
         if opening.error is not None:
             assert isinstance(opening.error, ConnectionLost), (
@@ -552,7 +556,7 @@ class TransportConformance:
             ),
         }
         for what, call in calls.items():
-            outcome = run_bounded(call, 60)
+            outcome = run_bounded(call, self.hang_limit)
             assert outcome.finished, f"{what} to an unreachable broker hung"
             assert isinstance(outcome.error, ConnectionLost), (
                 f"{what} to an unreachable broker must raise ConnectionLost, got {outcome.error!r}"
