@@ -225,3 +225,62 @@ def test_top_once_shows_a_celery_worker_and_its_tasks(
     assert ours, output
     assert all(row[1] == "cli_celery_app.add" for row in ours)
     assert ["SUCCESS", worker_name] in [[row[0], row[3]] for row in ours], output
+
+
+def test_demo_publishes_what_celerys_own_state_understands(redis_url: str) -> None:
+    """``evcore demo --url`` watched by Celery's EventReceiver and State, as Flower does."""
+    from celery import Celery
+
+    from evcore import Dispatcher
+
+    broker = on_db(redis_url, DB + 1)
+    app = Celery("demo-watcher", broker=broker)
+    state = app.events.State()
+    probes: list[str] = []
+
+    def handle(event: dict[str, Any]) -> None:
+        if event["type"] == "custom-probe":
+            probes.append(event["hostname"])
+        else:
+            state.event(event)
+
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(connection, handlers={"*": handle})
+        thread = threading.Thread(target=receiver.capture, kwargs={"wakeup": False})
+        thread.start()
+        try:
+            # Celery's receiver subscribes in its own time: probe until it hears us.
+            with Dispatcher(broker, hostname="probe@test") as probe:
+                end = time.monotonic() + 20
+                while not probes and time.monotonic() < end:
+                    probe.send("custom-probe")
+                    time.sleep(0.1)
+            assert probes, "Celery's receiver never subscribed"
+            command = ["demo", "--url", broker, "--no-monitor", "--duration", "4", "--rate", "10"]
+            demo = subprocess.run(
+                [str(BIN / "evcore"), *command, "--seed", "1"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert demo.returncode == 0, demo.stderr
+            end = time.monotonic() + 20
+            demo_workers: list[Any] = []
+            while time.monotonic() < end:
+                demo_workers = [w for w in state.workers.values() if "demo-worker" in w.hostname]
+                if len(demo_workers) == 3 and not any(w.alive for w in demo_workers):
+                    break
+                time.sleep(0.1)
+        finally:
+            receiver.should_stop = True
+            thread.join(timeout=15)
+    assert len(demo_workers) == 3
+    assert not any(worker.alive for worker in demo_workers)  # worker-offline at the end
+    tasks = [task for _, task in state.tasks_by_time() if (task.name or "").startswith("demo.")]
+    assert len(tasks) >= 10
+    states = {task.state for task in tasks}
+    assert "SUCCESS" in states
+    done = next(task for task in tasks if task.state == "SUCCESS")
+    assert done.received and done.started and done.succeeded and done.runtime is not None
+    assert done.worker.hostname.startswith("demo-worker")
