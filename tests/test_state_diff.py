@@ -163,7 +163,7 @@ LIMITS = st.fixed_dictionaries(
 )
 
 DIFF_SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 
@@ -179,7 +179,7 @@ def test_streams_with_evictions_match_celery(events: list[Event], limits: dict[s
     assert_same(*feed(events, **limits))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.data(),
     st.lists(st.sampled_from(SUBJECTS), min_size=1, max_size=6),

@@ -47,7 +47,7 @@ class _Kind:
         "handle",
         "is_client",
         "repeated",
-        "stamped",
+        "stamp",
         "state",
         "subject",
         "type",
@@ -62,7 +62,7 @@ class _Kind:
         self.subject = subject
         self.handle = handle
         self.state = TASK_EVENT_TO_STATE.get(subject) or subject.upper()
-        self.stamped = subject in TASK_EVENT_TO_STATE
+        self.stamp = subject if subject in TASK_EVENT_TO_STATE else None
         self.is_client = subject == "sent"
         self.counted = subject == "received"
         self.repeated = _REPEATED_FIELDS.get(subject, ())
@@ -344,7 +344,7 @@ class State:
         self._time.add((clock, origin, seq, uuid) if clock else (0, timestamp, seq, uuid))
         if kind.counted:
             self.task_count += 1
-        if apply_event(task, kind.subject, kind.state, timestamp, event, self.ordering):
+        if apply_event(task, kind.stamp, kind.state, timestamp, event, self.ordering):
             # Keep one copy of strings that repeat across tasks instead of one per task.
             task.type = kind.type
             task.hostname = hostname

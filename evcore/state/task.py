@@ -221,7 +221,8 @@ class Task(Record):
         """Merge one event of subject ``type_`` (``'succeeded'``, ``'progress'``...)."""
         ordering = self.cluster_state.ordering if self.cluster_state else CELERY_ORDERING
         state = TASK_EVENT_TO_STATE.get(type_) or type_.upper()
-        apply_event(self, type_, state, timestamp, fields or {}, ordering)
+        stamp = type_ if type_ in STAMPED_SUBJECTS else None
+        apply_event(self, stamp, state, timestamp, fields or {}, ordering)
 
     # -- derived values -------------------------------------------------------------------
 
@@ -316,7 +317,7 @@ class Task(Record):
 
 def apply_event(
     task: Task,
-    subject: str,
+    stamp: str | None,
     state: str,
     timestamp: Any,
     fields: Mapping[str, Any],
@@ -324,10 +325,11 @@ def apply_event(
 ) -> bool:
     """Merge one event into ``task``: forward events move the state, late ones only add fields.
 
-    Returns whether every field was merged (the envelope fields included).
+    ``stamp`` names the attribute that records the event's timestamp (``'started'``...), if
+    any. Returns whether every field was merged (the envelope fields included).
     """
-    if subject in STAMPED_SUBJECTS:
-        setattr(task, subject, timestamp)
+    if stamp is not None:
+        setattr(task, stamp, timestamp)
     if ordering.is_late(task, state):
         keep = MERGE_RULES.get(state)
         if keep is not None:
