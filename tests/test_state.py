@@ -28,9 +28,8 @@ from evcore.state import (
 )
 from evcore.state.snapshot import SnapshotError
 
+#: shared/ lies beside the repository (here and in CI).
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "wire-samples"
-if not SAMPLES.is_dir():  # CI lays shared/ beside the clone
-    SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "wire-samples"
 
 _clock = iter(range(1, 10**9))
 
