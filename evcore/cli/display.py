@@ -19,19 +19,33 @@ from evcore.cli.view import render, task_rows_that_fit
 #: Seconds between two frames.
 REFRESH_SECONDS = 0.5
 
+#: How often the wait between frames looks for a key or a resize.
+POLL_SECONDS = 0.05
+
 QUIT_KEYS = frozenset("qQ")
 
 
+class _Resized:
+    """Set by the SIGWINCH handler. A plain flag: taking a lock in a signal handler could
+    deadlock against the interrupted main thread."""
+
+    flag = False
+
+    def note(self, signum: int, frame: object) -> None:
+        self.flag = True
+
+
 @contextlib.contextmanager
-def _wake_on_resize(wake: threading.Event) -> Iterator[None]:
-    """Redraw at once when the terminal is resized (SIGWINCH), where that signal exists."""
+def _watch_resize() -> Iterator[_Resized]:
+    """Note terminal resizes (SIGWINCH) so the next frame comes at once, where it exists."""
+    resized = _Resized()
     sigwinch = getattr(signal, "SIGWINCH", None)
     if sigwinch is None or threading.current_thread() is not threading.main_thread():
-        yield
+        yield resized
         return
-    previous = signal.signal(sigwinch, lambda signum, frame: wake.set())
+    previous = signal.signal(sigwinch, resized.note)
     try:
-        yield
+        yield resized
     finally:
         signal.signal(sigwinch, previous)
 
@@ -50,17 +64,15 @@ def run_live(
 ) -> None:
     """Redraw the monitor in place until ``q``, Ctrl-C, ``duration`` or ``stop``."""
     stop = stop if stop is not None else threading.Event()
-    wake = threading.Event()
 
     def on_key(char: str) -> None:
         if char in QUIT_KEYS:
             stop.set()
-            wake.set()
 
     deadline = None if duration is None else time.monotonic() + duration
     with (
         KeyReader(on_key),
-        _wake_on_resize(wake),
+        _watch_resize() as resized,
         Live(console=console, screen=True, auto_refresh=False, transient=True) as live,
     ):
         try:
@@ -68,13 +80,17 @@ def run_live(
                 extra = notes()
                 frame = monitor.snapshot(_frame_rows(monitor, console, extra), extra)
                 live.update(render(frame), refresh=True)
-                wait = REFRESH_SECONDS
+                next_frame = time.monotonic() + REFRESH_SECONDS
                 if deadline is not None:
-                    wait = min(wait, deadline - time.monotonic())
-                    if wait <= 0:
+                    if deadline <= time.monotonic():
                         break
-                wake.wait(wait)
-                wake.clear()
+                    next_frame = min(next_frame, deadline)
+                resized.flag = False
+                while not (stop.is_set() or resized.flag):
+                    left = next_frame - time.monotonic()
+                    if left <= 0:
+                        break
+                    stop.wait(min(left, POLL_SECONDS))
         except KeyboardInterrupt:
             pass
 
