@@ -19,8 +19,10 @@ from evcore.errors import (
 from evcore.event import Event, group_from
 from evcore.receiver import EventReceiver, Receiver
 from evcore.registry import available_transports, connect
+from evcore.state import Camera, Polaroid, State, Task, Worker
 
 __all__ = [
+    "Camera",
     "ChannelError",
     "ConfigurationError",
     "ConnectionLost",
@@ -35,10 +37,14 @@ __all__ = [
     "LamportClock",
     "MessageRejected",
     "MissingDependency",
+    "Polaroid",
     "Receiver",
+    "State",
+    "Task",
     "TransportError",
     "TransportNotFound",
     "UnsupportedOperation",
+    "Worker",
     "available_transports",
     "connect",
     "group_from",

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -15,17 +16,23 @@ from evcore import codec
 from evcore._connect import resolve_transport
 from evcore.buffer import DropPolicy, OfflineBuffer
 from evcore.clock import LamportClock, default_clock
-from evcore.errors import ConnectionLost
+from evcore.errors import ConnectionLost, TransportError
 from evcore.event import group_from, multi_routing_key, routing_key_for
 from evcore.nodename import anon_nodename, utcoffset
 from evcore.registry import connect
 from evcore.routing import rule_for
 from evcore.transport import Exchange, OutgoingMessage, Transport
+from evcore.writer import BackgroundWriter, Item
 
 logger = logging.getLogger(__name__)
 
 #: Fields every dispatcher stamps itself; passing one to ``send()`` is a TypeError.
 RESERVED_FIELDS = frozenset({"hostname", "clock", "pid"})
+
+#: Message headers carrying the sender's boot id and the sequence number of the first event
+#: in the message. Celery ignores them; evcore's Receiver uses them to count lost events.
+BOOT_HEADER = "evcore-boot"
+SEQ_HEADER = "evcore-seq"
 
 #: Retry policy used when ``retry=True`` is given without one (kombu's key names).
 DEFAULT_RETRY_POLICY: Mapping[str, float] = {
@@ -38,14 +45,16 @@ DEFAULT_RETRY_POLICY: Mapping[str, float] = {
 
 @dataclass
 class DispatcherStats:
-    """Counters of what a Dispatcher did with the events it was given."""
+    """Counters of what a Dispatcher did with the events it accepted."""
 
     #: Events handed to the transport successfully (a batch counts each of its events).
     events_sent: int = 0
     #: Messages handed to the transport successfully (a batch counts once).
     messages_sent: int = 0
-    #: Publishes that failed with a connection error and went to the offline buffer.
+    #: Publish attempts that failed with a connection error.
     publish_failures: int = 0
+    #: Events the broker refused for good (a channel error); logged, not retried.
+    events_refused: int = 0
 
 
 class Dispatcher:
@@ -56,6 +65,10 @@ class Dispatcher:
     ...     event = dispatcher.send("worker-online", freq=2.0)
     >>> event["type"], event["hostname"], event["clock"] > 0
     ('worker-online', 'w1@example', True)
+
+    With ``background=True`` a writer thread publishes what ``send()`` queued, coalescing
+    many events into one round trip; ``flush()`` and ``close()`` still deliver everything
+    accepted.
     """
 
     def __init__(
@@ -75,13 +88,16 @@ class Dispatcher:
         offline_buffer_limit: int = 10_000,
         offline_buffer_bytes: int = 64 * 1024 * 1024,
         offline_drop_policy: DropPolicy = "drop-oldest",
+        background: bool = False,
+        max_pending: int = 10_000,
+        linger: float = 0.0005,
     ) -> None:
         self.transport, self._owns_transport = resolve_transport(transport_or_url)
         self._url = transport_or_url if isinstance(transport_or_url, str) else None
         self._transport_closed = False
         self.hostname = hostname or anon_nodename()
         self.groups = set(groups or ())
-        self.buffer_while_offline = buffer_while_offline
+        self.buffer_while_offline = buffer_while_offline or background
         self.buffer_group = frozenset(buffer_group or ())
         self.buffer_limit = buffer_limit
         self.on_send_buffered = on_send_buffered
@@ -91,6 +107,9 @@ class Dispatcher:
         self.clock = clock if clock is not None else default_clock
         self.pid = os.getpid()
         self.headers = {"hostname": self.hostname}
+        #: Identifies this dispatcher's sequence of events (see ``SEQ_HEADER``).
+        self.boot_id = uuid.uuid4().hex
+        self._next_seq = 1
         self.on_enabled: set[Callable[[], None]] = set()
         self.on_disabled: set[Callable[[], None]] = set()
         self.stats = DispatcherStats()
@@ -102,10 +121,19 @@ class Dispatcher:
         self.exchange = Exchange(exchange, rule.exchange_type)
         #: Why this dispatcher can never send, or ``None``.
         self.disabled_reason = rule.disabled_because
+        #: Guards the clock, the sequence numbers and the batches: the order of events.
         self.mutex = threading.RLock()
+        #: Guards the transport, the offline buffer and the counters. Taken after ``mutex``
+        #: when both are held; the background writer takes only this one.
+        self._publish_lock = threading.RLock()
         self._group_buffer: dict[str, list[bytes]] = {}
         self._closed = False
         self.enabled = False
+        self._writer = (
+            BackgroundWriter(self._publish_many, max_pending=max_pending, linger=linger)
+            if background and not self.disabled_reason
+            else None
+        )
         if self.disabled_reason:
             logger.warning("evcore dispatcher disabled: %s", self.disabled_reason)
         elif enabled:
@@ -159,32 +187,28 @@ class Dispatcher:
         if self.groups and group not in self.groups:
             return None
         if group in self.buffer_group:
-            event = self._build(type, fields, False, utcoffset)
-            body = codec.dumps(event)
-            with self.mutex:
-                if self._closed:
-                    return None
-                pending = self._group_buffer.setdefault(group, [])
-                pending.append(body)
-                full = len(pending) >= self.buffer_limit
-            if full:
-                self.flush(errors=False)
-            elif self.on_send_buffered is not None:
-                self.on_send_buffered()
-            return event
-        event = self._build(type, fields, blind, utcoffset)
-        message = OutgoingMessage(
-            routing_key_for(type),
-            codec.dumps(event),
-            self.headers,
-            self.content_type,
-            "utf-8",
-            self.delivery_mode,
-        )
+            return self._send_batched(group, type, fields, utcoffset)
         with self.mutex:
             if self._closed:
                 return None
-            self._publish(message, 1, retry, retry_policy)
+            event = self._build(type, fields, blind, utcoffset)
+            self._submit(routing_key_for(type), codec.dumps(event), 1, retry, retry_policy)
+        return event
+
+    def _send_batched(
+        self, group: str, type: str, fields: dict[str, Any], offset: Callable[[], float]
+    ) -> dict[str, Any] | None:
+        with self.mutex:
+            if self._closed:
+                return None
+            event = self._build(type, fields, False, offset)
+            pending = self._group_buffer.setdefault(group, [])
+            pending.append(codec.dumps(event))
+            if len(pending) >= self.buffer_limit:
+                self._flush_group(group, pending)
+                return event
+        if self.on_send_buffered is not None:
+            self.on_send_buffered()
         return event
 
     def publish(
@@ -203,25 +227,13 @@ class Dispatcher:
         """
         if self.disabled_reason:
             return None
-        event = self._build(type, dict(fields), blind, utcoffset)
-        message = OutgoingMessage(
-            routing_key_for(type),
-            codec.dumps(event),
-            self.headers,
-            self.content_type,
-            "utf-8",
-            self.delivery_mode,
-        )
         with self.mutex:
-            self._publish(message, 1, retry, retry_policy)
+            event = self._build(type, dict(fields), blind, utcoffset)
+            self._submit(routing_key_for(type), codec.dumps(event), 1, retry, retry_policy)
         return event
 
     def _build(
-        self,
-        type: str,
-        fields: dict[str, Any],
-        blind: bool,
-        offset: Callable[[], float],
+        self, type: str, fields: dict[str, Any], blind: bool, offset: Callable[[], float]
     ) -> dict[str, Any]:
         clash = RESERVED_FIELDS.intersection(fields)
         if clash:
@@ -233,12 +245,31 @@ class Dispatcher:
             "clock": 0 if blind else self.clock.forward(),
             **fields,
         }
-        if "timestamp" not in event:
-            event["timestamp"] = time.time()
-        else:
-            event["timestamp"] = event.pop("timestamp")
+        event["timestamp"] = event.pop("timestamp", None) or time.time()
         event["type"] = type
         return event
+
+    # -- publishing (always under the mutex, so sequence order is publish order) ----------
+
+    def _submit(
+        self,
+        routing_key: str,
+        body: bytes,
+        events: int,
+        retry: bool = False,
+        retry_policy: Mapping[str, float] | None = None,
+    ) -> None:
+        seq = self._next_seq
+        self._next_seq += events
+        headers = {**self.headers, BOOT_HEADER: self.boot_id, SEQ_HEADER: seq}
+        message = OutgoingMessage(
+            routing_key, body, headers, self.content_type, "utf-8", self.delivery_mode
+        )
+        if self._writer is not None:
+            self._writer.submit((message, events))
+        else:
+            with self._publish_lock:
+                self._publish(message, events, retry, retry_policy)
 
     def _publish(
         self,
@@ -246,98 +277,120 @@ class Dispatcher:
         events: int,
         retry: bool = False,
         retry_policy: Mapping[str, float] | None = None,
-    ) -> bool:
-        """Publish under the mutex, after anything still in the offline buffer, so order
-        holds; buffer on a connection error. True if it went out."""
+    ) -> None:
+        """Publish after anything still in the offline buffer, so order holds."""
         if self.offline_buffer and not self._drain_offline():
-            return self._buffer(message, events, ConnectionLost("earlier events still buffered"))
+            self._buffer([(message, events)], ConnectionLost("earlier events still buffered"))
+            return
         policy = {**DEFAULT_RETRY_POLICY, **(retry_policy or {})}
         attempts = 0
         while True:
             try:
-                self.transport.publish(self.exchange, (message,))
+                self._send_now([(message, events)])
+                return
             except ConnectionLost as exc:
-                self.stats.publish_failures += 1
                 if retry and attempts < policy["max_retries"]:
                     delay = policy["interval_start"] + attempts * policy["interval_step"]
                     time.sleep(min(delay, policy["interval_max"]))
                     attempts += 1
                     continue
-                return self._buffer(message, events, exc)
-            self.stats.messages_sent += 1
-            self.stats.events_sent += events
-            return True
+                self._buffer([(message, events)], exc)
+                return
 
-    def _buffer(self, message: OutgoingMessage, events: int, exc: ConnectionLost) -> bool:
+    def _publish_many(self, items: list[Item]) -> None:
+        """The background writer's path: one transport call for the whole batch."""
+        with self._publish_lock:
+            if self.offline_buffer and not self._drain_offline():
+                self.offline_buffer.extend(items)
+                return
+            try:
+                self._send_now(items)
+            except ConnectionLost as exc:
+                self._buffer(items, exc)
+
+    def _send_now(self, items: list[Item]) -> None:
+        """Hand messages to the transport and count them; raise ConnectionLost."""
+        try:
+            self.transport.publish(self.exchange, [message for message, _ in items])
+        except ConnectionLost:
+            self.stats.publish_failures += 1
+            raise
+        except TransportError as exc:
+            refused = sum(events for _, events in items)
+            self.stats.events_refused += refused
+            logger.error("broker refused %d event(s), not retrying: %s", refused, exc)
+            return
+        self.stats.messages_sent += len(items)
+        self.stats.events_sent += sum(events for _, events in items)
+
+    def _buffer(self, items: list[Item], exc: ConnectionLost) -> None:
         if not self.buffer_while_offline:
             raise exc
-        logger.debug("publish failed, buffering %d event(s): %s", events, exc)
-        self.offline_buffer.append(message, events)
-        return False
+        logger.debug("publish failed, buffering %d message(s): %s", len(items), exc)
+        self.offline_buffer.extend(items)
 
     def _drain_offline(self) -> bool:
         """Publish the offline buffer in order, each message at most once; stop at the
         first failure and keep the rest. True when the buffer was emptied."""
         pending = self.offline_buffer.take_all()
-        for index, (message, events) in enumerate(pending):
+        for index, item in enumerate(pending):
             try:
-                self.transport.publish(self.exchange, (message,))
+                self._send_now([item])
             except ConnectionLost:
-                self.stats.publish_failures += 1
                 self.offline_buffer.put_back(pending[index:])
                 return False
-            self.stats.messages_sent += 1
-            self.stats.events_sent += events
         return True
 
     # -- buffers --------------------------------------------------------------------------
 
     def flush(self, errors: bool = True, groups: bool = True) -> None:
-        """Publish what is buffered: the offline buffer (``errors``) and the pending
-        batches (``groups``). Each buffered message is tried at most once per call; what
-        still cannot be sent stays buffered, in order."""
+        """Publish what is buffered: pending batches (``groups``), queued background
+        writes, and the offline buffer (``errors``). Each message is tried at most once
+        per call; what still cannot be sent stays buffered, in order."""
         with self.mutex:
             if self._closed:
                 return
-            if errors and self.offline_buffer:
-                self._drain_offline()
             if groups:
                 self._flush_groups()
+        if self._writer is not None:
+            self._writer.wait_idle()
+        if errors:
+            with self._publish_lock:
+                if self.offline_buffer:
+                    self._drain_offline()
 
     def _flush_groups(self) -> None:
         for group, bodies in self._group_buffer.items():
-            if not bodies:
-                continue
-            count = len(bodies)
-            message = OutgoingMessage(
-                multi_routing_key(group),
-                b"[" + b",".join(bodies) + b"]",
-                self.headers,
-                self.content_type,
-                "utf-8",
-                self.delivery_mode,
-            )
-            del bodies[:count]
-            self._publish(message, count)
+            if bodies:
+                self._flush_group(group, bodies)
+
+    def _flush_group(self, group: str, bodies: list[bytes]) -> None:
+        body = b"[" + b",".join(bodies) + b"]"
+        count = len(bodies)
+        bodies.clear()
+        self._submit(multi_routing_key(group), body, count)
 
     def extend_buffer(self, other: Dispatcher) -> None:
         """Take over another dispatcher's offline buffer (used when reconnecting)."""
-        with other.mutex:
+        with other._publish_lock:
             items = other.offline_buffer.take_all()
-        with self.mutex:
+        with self._publish_lock:
             self.offline_buffer.extend(items)
 
     @property
     def pending_events(self) -> int:
-        """Events accepted but not yet published: batched plus offline-buffered."""
+        """Events accepted but not yet handed to the broker: batched, queued for the
+        background writer, or in the offline buffer."""
         with self.mutex:
             batched = sum(len(bodies) for bodies in self._group_buffer.values())
-            return batched + self.offline_buffer.events
+        queued = self._writer.pending if self._writer is not None else 0
+        with self._publish_lock:
+            return batched + queued + self.offline_buffer.events
 
     # -- lifetime -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Try once to publish what is buffered, then stop sending.
+        """Deliver what can be delivered (once), then stop sending.
 
         What could not be delivered stays buffered, so ``enable()`` and ``flush()`` can
         still deliver it. A transport opened from a URL is closed too.
@@ -346,6 +399,9 @@ class Dispatcher:
             if self._closed:
                 return
             self._flush_groups()
+        if self._writer is not None:
+            self._writer.wait_idle()
+        with self.mutex, self._publish_lock:
             if self.offline_buffer:
                 self._drain_offline()
             self._closed = True

@@ -17,6 +17,7 @@ from typing import Any
 from evcore import codec
 from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
+from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, rule_for
@@ -33,6 +34,9 @@ CLIENT_CLOCK_SKEW = -1
 #: How long one wait on the transport may last, so ``should_stop`` is seen promptly.
 POLL_INTERVAL = 1.0
 
+#: Senders whose sequence numbers are tracked at once; the least recently heard is forgotten.
+MAX_TRACKED_SENDERS = 10_000
+
 
 @dataclass
 class ReceiverStats:
@@ -48,6 +52,11 @@ class ReceiverStats:
     filtered: int = 0
     handler_errors: int = 0
     reconnects: int = 0
+    #: Events known to be lost in transit, by sender hostname (from evcore's sequence
+    #: headers; Celery's own senders carry none, so their losses cannot be seen).
+    lost_events: Counter[str] = field(default_factory=Counter)
+    #: Messages received twice (a resend after a failed publish) and dropped.
+    duplicates: int = 0
 
 
 def adjust_timestamp(timestamp: float, offset: float) -> float:
@@ -130,6 +139,7 @@ class Receiver:
         self._filter_routing = not self.transport.capabilities.exact_routing and routing_key != "#"
         self._subscription: Subscription | None = None
         self._pending: deque[dict[str, Any]] = deque()
+        self._expected_seq: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -276,6 +286,8 @@ class Receiver:
             logger.warning("rejected a message on %r: %s", message.routing_key, exc)
             return []
         items = body if isinstance(body, list) else (body,)
+        if not self._in_sequence(message.headers, len(items)):
+            return []
         events = []
         for item in items:
             if not isinstance(item, dict) or not isinstance(item.get("type"), str):
@@ -284,6 +296,27 @@ class Receiver:
             events.append(self.event_from_message(item))
         self.stats.events += len(events)
         return events
+
+    def _in_sequence(self, headers: Mapping[str, Any], count: int) -> bool:
+        """Track the sender's sequence numbers: count a gap as lost events; False for a
+        message already seen (a duplicate)."""
+        boot, seq = headers.get(BOOT_HEADER), headers.get(SEQ_HEADER)
+        if not isinstance(boot, str) or not isinstance(seq, int):
+            return True
+        expected = self._expected_seq.pop(boot, None)
+        if expected is not None and seq < expected:
+            self._expected_seq[boot] = expected
+            self.stats.duplicates += 1
+            return False
+        if expected is not None and seq > expected:
+            lost = seq - expected
+            sender = str(headers.get("hostname", boot))
+            self.stats.lost_events[sender] += lost
+            logger.warning("%d event(s) from %s were lost in transit", lost, sender)
+        self._expected_seq[boot] = seq + count
+        if len(self._expected_seq) > MAX_TRACKED_SENDERS:
+            del self._expected_seq[next(iter(self._expected_seq))]
+        return True
 
     def event_from_message(self, body: dict[str, Any]) -> dict[str, Any]:
         """Apply the receive-side rules to a decoded event (in place) and return it.

@@ -34,7 +34,9 @@ def test_send_stamps_envelope_fields_in_celery_order(bus_url: str, tap: Subscrip
     assert event is not None
     [message] = drain(tap)
     assert message.routing_key == "task.succeeded"
-    assert message.headers == {"hostname": "w1@host"}
+    assert message.headers["hostname"] == "w1@host"
+    assert message.headers["evcore-seq"] == 1
+    assert message.headers["evcore-boot"] == dispatcher.boot_id
     assert message.content_type == "application/json"
     assert message.content_encoding == "utf-8"
     body = json.loads(message.body)

@@ -18,17 +18,28 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def python_blocks() -> list[tuple[str, str]]:
-    blocks = []
-    for document in DOCUMENTS:
-        for number, match in enumerate(BLOCK.finditer(document.read_text("utf-8")), 1):
-            blocks.append((f"{document.relative_to(ROOT)}#{number}", match.group(1)))
-    return blocks
+def python_blocks(document: Path) -> list[str]:
+    return [match.group(1) for match in BLOCK.finditer(document.read_text("utf-8"))]
 
 
-@pytest.mark.parametrize(("where", "code"), python_blocks(), ids=lambda v: v if "#" in v else "")
-def test_markdown_example_runs(where: str, code: str) -> None:
-    exec(compile(code, where, "exec"), {"__name__": "__docs__"})
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_markdown_examples_run(document: Path) -> None:
+    """Each document's blocks run in order in one namespace, like a reader following it.
+
+    A block written as an interactive session (``>>>`` prompts) is checked as a doctest.
+    """
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    parser = doctest.DocTestParser()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for number, code in enumerate(python_blocks(document), 1):
+        where = f"{document.relative_to(ROOT)} block {number}"
+        if code.lstrip().startswith(">>>"):
+            test = parser.get_doctest(code, namespace, where, str(document), 0)
+            result = runner.run(test, clear_globs=False)
+            namespace.update(test.globs)  # DocTest works on a copy
+            assert result.failed == 0, f"{where}: {result.failed} example(s) failed"
+        else:
+            exec(compile(code, where, "exec"), namespace)
 
 
 def evcore_modules() -> list[str]:
