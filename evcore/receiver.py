@@ -26,6 +26,8 @@ from evcore.transport import Exchange, IncomingMessage, QueueOptions, Subscripti
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Any]
+#: Told of events lost in transit: ``on_loss(sender hostname, count)``.
+LossHandler = Callable[[str, int], Any]
 
 #: ``task-sent`` clocks come from clients that never synchronise; they are placed just
 #: behind the receiver's own clock instead (Celery's rule).
@@ -98,6 +100,7 @@ class Receiver:
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
         raise_handler_errors: bool = False,
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
+        on_loss: LossHandler | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
@@ -133,6 +136,8 @@ class Receiver:
         self.max_message_bytes = max_message_bytes
         self.raise_handler_errors = raise_handler_errors
         self.reconnect_delay = reconnect_delay
+        #: Called with ``(hostname, count)`` for each gap found; ``State.record_loss`` fits.
+        self.on_loss = on_loss
         self.stats = ReceiverStats()
         #: Set to True (from a handler or another thread) to end ``capture()``.
         self.should_stop = False
@@ -313,10 +318,21 @@ class Receiver:
             sender = str(headers.get("hostname", boot))
             self.stats.lost_events[sender] += lost
             logger.warning("%d event(s) from %s were lost in transit", lost, sender)
+            if self.on_loss is not None:
+                self._report_loss(self.on_loss, sender, lost)
         self._expected_seq[boot] = seq + count
         if len(self._expected_seq) > MAX_TRACKED_SENDERS:
             del self._expected_seq[next(iter(self._expected_seq))]
         return True
+
+    def _report_loss(self, on_loss: LossHandler, sender: str, lost: int) -> None:
+        try:
+            on_loss(sender, lost)
+        except Exception:
+            self.stats.handler_errors += 1
+            if self.raise_handler_errors:
+                raise
+            logger.exception("on_loss callback raised")
 
     def event_from_message(self, body: dict[str, Any]) -> dict[str, Any]:
         """Apply the receive-side rules to a decoded event (in place) and return it.

@@ -169,6 +169,8 @@ class State:
         self.task_count = 0
         #: Events refused by :meth:`event`, by reason (``'missing-uuid'``, ``'bad-clock'``...).
         self.rejected: dict[str, int] = {}
+        #: Events known to be lost in transit, by sender hostname (see :meth:`record_loss`).
+        self.lost_events: dict[str, int] = {}
 
         self._lock = threading.RLock()
         self._workers: OrderedDict[str, Worker] = OrderedDict()
@@ -241,6 +243,15 @@ class State:
             if kind.handle is None:
                 return None
             return kind.handle(self, event, kind)
+
+    def record_loss(self, hostname: str, count: int) -> None:
+        """Count ``count`` events from ``hostname`` as lost in transit.
+
+        Pass it as the Receiver's ``on_loss``, so the gaps its sequence check finds are
+        known here: ``Receiver(url, handlers={"*": state.event}, on_loss=state.record_loss)``.
+        """
+        with self._lock:
+            self.lost_events[hostname] = self.lost_events.get(hostname, 0) + count
 
     def _classify(self, event: Mapping[str, Any]) -> _Kind | None:
         if "type" not in event:
