@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, ItemsView, Iterator, Mapping, MutableMapping, ValuesView
@@ -27,7 +28,8 @@ EventResult = tuple[tuple[Any, bool], str]
 #: A custom group handler: ``handler(subject, event)``.
 GroupHandler = Callable[[str, Mapping[str, Any]], Any]
 
-_NUMBERS = frozenset({int, float})
+#: Integers beyond this cannot take part in float arithmetic on times.
+_FLOAT_MAX = sys.float_info.max
 #: Fields of ``task-sent``/``task-received`` whose string values repeat from task to task.
 _REPEATED_FIELDS: Mapping[str, tuple[str, ...]] = {
     "sent": ("name", "exchange", "routing_key", "queue"),
@@ -322,10 +324,10 @@ class State:
         if hostname.__class__ is not str:
             self._reject("bad-hostname")
             return None
-        if type(timestamp) not in _NUMBERS:
+        if timestamp.__class__ is not float and _not_a_number(timestamp):
             self._reject("bad-timestamp")
             return None
-        if local_received is not None and type(local_received) not in _NUMBERS:
+        if local_received is not None and _not_a_number(local_received):
             self._reject("bad-local_received")
             return None
         if clock is not None and clock.__class__ is not int:
@@ -689,15 +691,21 @@ def _check_worker_event(event: Mapping[str, Any]) -> str | None:
             return f"missing-{key}"
     if event["hostname"].__class__ is not str:
         return "bad-hostname"
-    if event["timestamp"].__class__ not in _NUMBERS:
+    if _not_a_number(event["timestamp"]):
         return "bad-timestamp"
     local_received = event["local_received"]
-    if local_received is not None and type(local_received) not in _NUMBERS:
+    if local_received is not None and _not_a_number(local_received):
         return "bad-local_received"
-    freq = event.get("freq", 60)
-    if freq.__class__ not in _NUMBERS:
+    if _not_a_number(event.get("freq", 60)):
         return "bad-freq"
     return None
+
+
+def _not_a_number(value: Any) -> bool:
+    """Whether ``value`` cannot be a time or an interval: neither a float nor an integer
+    within the range of floats (bools and huge integers are refused)."""
+    cls = value.__class__
+    return cls is not float and (cls is not int or not -_FLOAT_MAX <= value <= _FLOAT_MAX)
 
 
 def _index_add(sets: dict[str, set[str]], key: str, uuid: str) -> None:

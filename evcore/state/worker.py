@@ -40,7 +40,10 @@ def heartbeat_expires(
 
 def check_drift(hostname: str, local_received: float, timestamp: float) -> None:
     """Log once per host when send and receive times are far apart (clocks out of sync)."""
-    drift = abs(int(local_received) - int(timestamp))
+    try:
+        drift = abs(int(local_received) - int(timestamp))
+    except (OverflowError, ValueError):  # an infinite or NaN time is no clock reading
+        return
     if drift <= HEARTBEAT_DRIFT_MAX or hostname in _drift_warned:
         return
     if len(_drift_warned) >= _DRIFT_MEMORY:
@@ -51,9 +54,17 @@ def check_drift(hostname: str, local_received: float, timestamp: float) -> None:
         "seconds. [orig: %s recv: %s]",
         hostname,
         drift,
-        datetime.fromtimestamp(timestamp, timezone.utc),
-        datetime.fromtimestamp(local_received, timezone.utc),
+        _as_utc(timestamp),
+        _as_utc(local_received),
     )
+
+
+def _as_utc(epoch: float) -> object:
+    """``epoch`` as a UTC datetime, or as it is when no datetime can hold it."""
+    try:
+        return datetime.fromtimestamp(epoch, timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        return epoch
 
 
 class Worker(Record):
