@@ -493,6 +493,7 @@ class TransportConformance:
         recommended), never a raw client exception, and does not silently reconnect."""
         transport = self.connect_transport()
         exchange = self.exchange_for(transport)
+        self.subscribe(transport, exchange)  # bound, so a real broker auto-deletes it after
         transport.publish(exchange, [_message("task.sent", b"warm-up")])
         transport.close()
 
@@ -645,6 +646,7 @@ class TransportConformance:
         if len(kinds) < 2:
             pytest.skip(f"{transport.driver_type!r} transport declares one exchange type only")
         name = unique_name()
+        self.subscribe(transport, _exchange(kinds[0], name))  # so that it is auto-deleted after
         transport.publish(_exchange(kinds[0], name), [_message("task.sent", b"x")])
         try:
             transport.publish(_exchange(kinds[1], name), [_message("task.sent", b"y")])
