@@ -25,8 +25,9 @@ CONTENT_TYPES = {"json": JSON, JSON: JSON}
 #: Default bound on one received message body, in bytes.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
-#: How deep JSON may nest before a body is refused (stops recursion bombs).
-MAX_NESTING = 64
+#: How deep JSON may nest before a body is refused (stops recursion bombs); orjson's own
+#: limit, applied to the standard-library path too so both behave alike.
+MAX_NESTING = 1024
 
 
 def content_type_for(serializer: str) -> str:
@@ -64,8 +65,34 @@ def _stdlib_dumps(obj: Any) -> bytes:
     return json.dumps(obj, default=_wrap_special, ensure_ascii=False).encode("utf-8")
 
 
+def nesting_depth(data: bytes) -> int:
+    """How deeply the arrays and objects of a JSON document nest (strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
 def _stdlib_loads(data: bytes | str) -> Any:
-    return json.loads(data)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    # Counting brackets is fast in C and bounds the depth, so most bodies skip the scan.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and nesting_depth(raw) > MAX_NESTING:
+        raise ValueError(f"JSON nests deeper than {MAX_NESTING} levels")
+    return json.loads(raw)
 
 
 dumps: Callable[[Any], bytes]
@@ -104,7 +131,9 @@ def decode_body(
     """Decode a received body, refusing what is not accepted or too large.
 
     Raises :class:`~evcore.errors.MessageRejected` with a short reason:
-    ``too-large``, ``content-type``, ``encoding`` or ``malformed``.
+    ``too-large``, ``content-type``, ``encoding``, ``malformed`` or ``too-deep`` (lists
+    and dicts nested more than :data:`MAX_NESTING` levels, which later JSON encoding of
+    a snapshot could not handle).
     """
     if len(body) > max_bytes:
         raise MessageRejected("too-large", f"{len(body)} bytes exceeds the {max_bytes} bound")
@@ -114,6 +143,23 @@ def decode_body(
     if content_encoding not in (None, "", "utf-8", "utf8", "binary"):
         raise MessageRejected("encoding", f"unsupported content encoding {content_encoding!r}")
     try:
-        return loads(body)
+        value = loads(body)
     except (ValueError, RecursionError) as exc:
         raise MessageRejected("malformed", f"body is not valid JSON ({exc})") from None
+    # Only a body with enough brackets can nest too deep: the walk is rarely needed.
+    if body.count(b"[") + body.count(b"{") > MAX_NESTING and _nests_deeper(value, MAX_NESTING):
+        raise MessageRejected("too-deep", f"body nests deeper than {MAX_NESTING} levels")
+    return value
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether lists and dicts in ``value`` nest more than ``limit`` levels deep."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        children: list[Any] = []
+        for container in level:
+            children.extend(container.values() if isinstance(container, dict) else container)
+        level = [child for child in children if isinstance(child, dict | list)]
+    return bool(level)

@@ -20,7 +20,7 @@ from evcore.errors import ConnectionLost, TransportError
 from evcore.event import group_from, multi_routing_key, routing_key_for
 from evcore.nodename import anon_nodename, utcoffset
 from evcore.registry import connect
-from evcore.routing import rule_for
+from evcore.routing import events_disabled_because, rule_for
 from evcore.transport import Exchange, OutgoingMessage, Transport
 from evcore.writer import BackgroundWriter, Item
 
@@ -120,7 +120,7 @@ class Dispatcher:
         rule = rule_for(self.transport.driver_type)
         self.exchange = Exchange(exchange, rule.exchange_type)
         #: Why this dispatcher can never send, or ``None``.
-        self.disabled_reason = rule.disabled_because
+        self.disabled_reason = events_disabled_because(self.transport)
         #: Guards the clock, the sequence numbers and the batches: the order of events.
         self.mutex = threading.RLock()
         #: Guards the transport, the offline buffer and the counters. Taken after ``mutex``

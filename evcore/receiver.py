@@ -20,7 +20,7 @@ from evcore.clock import LamportClock, default_clock
 from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
 from evcore.nodename import utcoffset as local_utcoffset
-from evcore.routing import binding_matches, rule_for
+from evcore.routing import binding_matches, events_disabled_because, rule_for
 from evcore.transport import Exchange, IncomingMessage, QueueOptions, Subscription, Transport
 
 logger = logging.getLogger(__name__)
@@ -105,18 +105,12 @@ class Receiver:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
         self.transport, self._owns_transport = resolve_transport(transport_or_url)
+        reason = events_disabled_because(self.transport)
+        if reason:
+            if self._owns_transport:
+                self.transport.close()
+            raise EventsDisabled(f"cannot receive events here: {reason}")
         rule = rule_for(self.transport.driver_type)
-        if rule.disabled_because:
-            if self._owns_transport:
-                self.transport.close()
-            raise EventsDisabled(f"cannot receive events here: {rule.disabled_because}")
-        if not self.transport.capabilities.broadcast:
-            if self._owns_transport:
-                self.transport.close()
-            raise EventsDisabled(
-                f"transport {self.transport.driver_type!r} cannot broadcast, so a monitor "
-                "would never see the events other consumers take"
-            )
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.routing_key = routing_key
         self.node_id = node_id or str(uuid.uuid4())
@@ -352,7 +346,8 @@ class Receiver:
         if self.localize:
             offset, timestamp = body.get("utcoffset"), body.get("timestamp")
             if isinstance(offset, int | float) and isinstance(timestamp, int | float):
-                body["timestamp"] = adjust_timestamp(timestamp, offset)
+                with contextlib.suppress(OverflowError):  # integers beyond any float
+                    body["timestamp"] = adjust_timestamp(timestamp, offset)
         body["local_received"] = time.time()
         return body
 

@@ -61,7 +61,10 @@ def scheme_of(url: str) -> str:
     """The scheme of a transport URL, lower-cased; raise InvalidURL when there is none."""
     if not isinstance(url, str) or "://" not in url:
         raise InvalidURL(f"not a transport URL: {url!r} (expected SCHEME://..., e.g. memory://)")
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as exc:
+        raise InvalidURL(f"cannot parse transport URL {url!r}: {exc}") from None
     if not scheme:
         raise InvalidURL(f"transport URL {url!r} has no scheme")
     return scheme

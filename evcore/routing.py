@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from evcore.transport import FANOUT, TOPIC
+from evcore.transport import FANOUT, TOPIC, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,21 @@ DEFAULT_RULE = ExchangeRule()
 def rule_for(driver_type: str) -> ExchangeRule:
     """The exchange rule of a driver type."""
     return EXCHANGE_RULES.get(driver_type, DEFAULT_RULE)
+
+
+def events_disabled_because(transport: Transport) -> str | None:
+    """Why events cannot flow over ``transport``, or ``None`` when they can.
+
+    Either the driver type's rule disables them, or the transport cannot broadcast, so a
+    monitor would never see events that another consumer takes first.
+    """
+    reason = rule_for(transport.driver_type).disabled_because
+    if reason is None and not transport.capabilities.broadcast:
+        reason = (
+            f"transport {transport.driver_type!r} cannot broadcast a message to every "
+            "subscriber, so monitors could not receive events"
+        )
+    return reason
 
 
 @functools.lru_cache(maxsize=4096)

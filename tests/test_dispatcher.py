@@ -310,3 +310,16 @@ def test_redis_driver_uses_a_fanout_exchange() -> None:
     assert dispatcher.exchange == Exchange("celeryev", "fanout")
     assert Dispatcher("memory://").exchange.type == "topic"
     assert Dispatcher("memory://", exchange="other").exchange.name == "other"
+
+
+def test_a_transport_that_cannot_broadcast_disables_events(bus_url: str) -> None:
+    from dataclasses import replace
+
+    transport = evcore.connect(bus_url)
+    transport.capabilities = replace(transport.capabilities, broadcast=False)  # type: ignore[misc]
+    dispatcher = Dispatcher(transport)
+    assert dispatcher.enabled is False
+    assert dispatcher.disabled_reason is not None
+    assert "broadcast" in dispatcher.disabled_reason
+    with pytest.raises(evcore.EventsDisabled, match="broadcast"):
+        evcore.Receiver(transport)

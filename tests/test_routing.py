@@ -71,3 +71,17 @@ def test_event_builds_a_plain_dict() -> None:
     merged = Event("a-b", {"uuid": "1", "n": 1}, n=2)
     assert merged["uuid"] == "1"
     assert merged["n"] == 2
+
+
+def test_json_nesting_is_bounded_on_both_decoders() -> None:
+    from evcore import codec
+
+    deep = b"[" * (codec.MAX_NESTING + 1) + b"]" * (codec.MAX_NESTING + 1)
+    shallow = b'{"a": "[[[[{{{{", "b": [[1]]}'
+    assert codec.nesting_depth(deep) == codec.MAX_NESTING + 1
+    assert codec.nesting_depth(shallow) == 3
+    assert codec.nesting_depth(b'["\\\\", ["\\"["]]') == 2
+    for loads in (codec.loads, codec._stdlib_loads):
+        with pytest.raises((ValueError, RecursionError)):
+            loads(deep)
+        assert loads(shallow)["b"] == [[1]]
