@@ -31,21 +31,7 @@ if TYPE_CHECKING:
 FORMAT = "evcore.state"
 VERSION = 1
 
-_WORKER_FIELDS = (
-    "pid",
-    "freq",
-    "clock",
-    "active",
-    "processed",
-    "loadavg",
-    "sw_ident",
-    "sw_ver",
-    "sw_sys",
-    "timestamp",
-    "utcoffset",
-    "local_received",
-    "type",
-)
+_WORKER_FIELDS = tuple(sorted(Worker._settable - {"hostname"}))
 _TASK_FIELDS = tuple(sorted(Task._settable | {"state"}))
 
 
