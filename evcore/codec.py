@@ -29,6 +29,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 #: limit, applied to the standard-library path too so both behave alike.
 MAX_NESTING = 1024
 
+#: How deep a received event body may nest. Celery's events are flat (arguments and
+#: results travel as reprs); the bound keeps a State snapshot holding any event within
+#: orjson's encoding limit (254 levels) and far from Python's recursion limit.
+MAX_BODY_NESTING = 128
+
 
 def content_type_for(serializer: str) -> str:
     """The content type of a serializer name; only JSON is offered."""
@@ -132,8 +137,7 @@ def decode_body(
 
     Raises :class:`~evcore.errors.MessageRejected` with a short reason:
     ``too-large``, ``content-type``, ``encoding``, ``malformed`` or ``too-deep`` (lists
-    and dicts nested more than :data:`MAX_NESTING` levels, which later JSON encoding of
-    a snapshot could not handle).
+    and dicts nested more than :data:`MAX_BODY_NESTING` levels).
     """
     if len(body) > max_bytes:
         raise MessageRejected("too-large", f"{len(body)} bytes exceeds the {max_bytes} bound")
@@ -147,8 +151,9 @@ def decode_body(
     except (ValueError, RecursionError) as exc:
         raise MessageRejected("malformed", f"body is not valid JSON ({exc})") from None
     # Only a body with enough brackets can nest too deep: the walk is rarely needed.
-    if body.count(b"[") + body.count(b"{") > MAX_NESTING and _nests_deeper(value, MAX_NESTING):
-        raise MessageRejected("too-deep", f"body nests deeper than {MAX_NESTING} levels")
+    limit = MAX_BODY_NESTING
+    if body.count(b"[") + body.count(b"{") > limit and _nests_deeper(value, limit):
+        raise MessageRejected("too-deep", f"body nests deeper than {limit} levels")
     return value
 
 
