@@ -21,9 +21,7 @@ def lose_three(bus_url: str, bus: MemoryBus, receiver: Receiver, dispatcher: Dis
     receiver.capture(limit=1, timeout=1)
 
 
-def test_state_counts_the_events_the_receiver_found_missing(
-    bus_url: str, bus: MemoryBus
-) -> None:
+def test_state_counts_the_events_the_receiver_found_missing(bus_url: str, bus: MemoryBus) -> None:
     state = State()
     receiver = Receiver(bus_url, handlers={"*": state.event}, on_loss=state.record_loss)
     dispatcher = Dispatcher(bus_url, hostname="w1@h")

@@ -44,9 +44,7 @@ def exercise(state: State) -> None:
     assert len(restored.tasks) == len(state.tasks)
 
 
-@settings(
-    max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(events(), values), max_size=12))
 def test_state_never_raises_and_counts_every_refusal(stream: list[Any]) -> None:
     state = State(max_tasks_in_memory=5, max_workers_in_memory=3)
