@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shlex
 import socket
 import subprocess
 import threading
@@ -84,16 +86,18 @@ def receive_n(
     return got
 
 
-def _rabbitmqctl(*args: str) -> str:
+def rabbitmqctl(*args: str) -> str:
+    """Run rabbitmqctl against the test broker (inside its container when there is one)."""
+    command = shlex.split(os.environ.get("EVCORE_RABBITMQCTL", "rabbitmqctl"))
     result = subprocess.run(
-        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True
+        [*command, "-q", *args], capture_output=True, text=True, timeout=60, check=True
     )
     return result.stdout
 
 
 def connection_pids(name: str) -> list[str]:
     """Erlang pids of the broker's connections whose client-provided name is ``name``."""
-    out = _rabbitmqctl("--no-table-headers", "list_connections", "pid", "client_properties")
+    out = rabbitmqctl("--no-table-headers", "list_connections", "pid", "client_properties")
     marker = f'{{"connection_name","{name}"}}'
     return [line.split("\t", 1)[0] for line in out.splitlines() if marker in line]
 
@@ -103,14 +107,14 @@ def close_connections(name: str, timeout: float = 15.0) -> int:
     pids: list[str] = []
     wait_for(lambda: bool(pids.extend(connection_pids(name)) or pids), timeout, 0.5)
     for pid in pids:
-        _rabbitmqctl("close_connection", pid, "evcore test: broker-side close")
+        rabbitmqctl("close_connection", pid, "evcore test: broker-side close")
     return len(pids)
 
 
 def queue_info(name: str) -> dict[str, Any] | None:
     """What the broker says about queue ``name``: its flags, ``arguments`` (name to value)
     and ``argument_types`` (name to AMQP field type), or None."""
-    out = _rabbitmqctl(
+    out = rabbitmqctl(
         "list_queues", "name", "arguments", "exclusive", "auto_delete", "durable",
         "--formatter", "json",
     )

@@ -87,6 +87,10 @@ def amqp_url(_containers: ExitStack) -> str:
 
         container = _containers.enter_context(RabbitMqContainer("rabbitmq:3-alpine"))
         host, port = container.get_container_host_ip(), container.get_exposed_port(5672)
+        # Tests that manage the broker (close connections, delete queues) reach it here.
+        os.environ["EVCORE_RABBITMQCTL"] = (
+            f"docker exec {container.get_wrapped_container().id} rabbitmqctl"
+        )
         return f"amqp://guest:guest@{host}:{port}//"
     url = os.environ.get("EVCORE_AMQP_URL", DEFAULT_AMQP_URL)
     problem = reachable(url, 5672)

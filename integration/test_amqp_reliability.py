@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 from _amqp_support import (
     close_connections,
     delete_exchanges,
+    rabbitmqctl,
     receive_n,
     tcp_proxy,
     wait_for,
@@ -233,8 +233,7 @@ def test_queue_deleted_by_an_operator_is_connection_lost_then_redeclared(
     try:
         queue = QueueOptions(unique("celeryev"))
         subscription = transport.subscribe(exchange, "#", queue)
-        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue.name], check=True,
-                       capture_output=True, timeout=60)
+        rabbitmqctl("delete_queue", queue.name)
         with pytest.raises(ConnectionLost, match="cancelled"):
             for _ in range(50):
                 subscription.receive(0.2)
