@@ -34,6 +34,9 @@ RESERVED_FIELDS = frozenset({"hostname", "clock", "pid"})
 BOOT_HEADER = "evcore-boot"
 SEQ_HEADER = "evcore-seq"
 
+#: Event types whose group and routing key a dispatcher remembers.
+MAX_ROUTES = 1024
+
 #: Retry policy used when ``retry=True`` is given without one (kombu's key names).
 DEFAULT_RETRY_POLICY: Mapping[str, float] = {
     "max_retries": 3,
@@ -127,6 +130,7 @@ class Dispatcher:
         #: when both are held; the background writer takes only this one.
         self._publish_lock = threading.RLock()
         self._group_buffer: dict[str, list[bytes]] = {}
+        self._routes: dict[str, tuple[str, str]] = {}
         self._closed = False
         self.enabled = False
         self._writer = (
@@ -183,7 +187,7 @@ class Dispatcher:
         """
         if not self.enabled:
             return None
-        group = group_from(type)
+        group, routing_key = self._routes.get(type) or self._route(type)
         if self.groups and group not in self.groups:
             return None
         if group in self.buffer_group:
@@ -192,8 +196,15 @@ class Dispatcher:
             if self._closed:
                 return None
             event = self._build(type, fields, blind, utcoffset)
-            self._submit(routing_key_for(type), codec.dumps(event), 1, retry, retry_policy)
+            self._submit(routing_key, codec.dumps(event), 1, retry, retry_policy)
         return event
+
+    def _route(self, type: str) -> tuple[str, str]:
+        """The group and routing key of an event type (remembered for the next send)."""
+        route = group_from(type), routing_key_for(type)
+        if len(self._routes) < MAX_ROUTES:
+            self._routes[type] = route
+        return route
 
     def _send_batched(
         self, group: str, type: str, fields: dict[str, Any], offset: Callable[[], float]
@@ -282,13 +293,13 @@ class Dispatcher:
         if self.offline_buffer and not self._drain_offline():
             self._buffer([(message, events)], ConnectionLost("earlier events still buffered"))
             return
-        policy = {**DEFAULT_RETRY_POLICY, **(retry_policy or {})}
         attempts = 0
         while True:
             try:
                 self._send_now([(message, events)])
                 return
             except ConnectionLost as exc:
+                policy = {**DEFAULT_RETRY_POLICY, **(retry_policy or {})}
                 if retry and attempts < policy["max_retries"]:
                     delay = policy["interval_start"] + attempts * policy["interval_step"]
                     time.sleep(min(delay, policy["interval_max"]))
@@ -320,8 +331,9 @@ class Dispatcher:
             self.stats.events_refused += refused
             logger.error("broker refused %d event(s), not retrying: %s", refused, exc)
             return
-        self.stats.messages_sent += len(items)
-        self.stats.events_sent += sum(events for _, events in items)
+        stats = self.stats
+        stats.messages_sent += len(items)
+        stats.events_sent += sum([events for _, events in items])
 
     def _buffer(self, items: list[Item], exc: ConnectionLost) -> None:
         if not self.buffer_while_offline:

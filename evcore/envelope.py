@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
+import os
+from collections.abc import Sequence
 from typing import Any
 
 from evcore.codec import dumps, loads
@@ -20,20 +21,100 @@ from evcore.transport import IncomingMessage, OutgoingMessage
 
 def pack(exchange: str, message: OutgoingMessage) -> bytes:
     """Encode ``message`` as kombu's JSON envelope for ``exchange``."""
-    envelope = {
-        "body": base64.b64encode(message.body).decode("ascii"),
-        "content-encoding": message.content_encoding,
-        "content-type": message.content_type,
-        "headers": dict(message.headers),
-        "properties": {
-            "delivery_mode": message.delivery_mode,
-            "delivery_info": {"exchange": exchange, "routing_key": message.routing_key},
-            "priority": message.priority,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return dumps(envelope)
+    return pack_many(exchange, (message,))[0]
+
+
+def pack_many(exchange: str, messages: Sequence[OutgoingMessage]) -> list[bytes]:
+    """Encode each of ``messages`` as :func:`pack` does, drawing their random delivery
+    tags from one read of the system's random source.
+
+    The JSON around the body, the headers and the tag depends only on the exchange and the
+    message's metadata, so it is encoded once per combination and reused.
+    """
+    entropy = os.urandom(16 * len(messages)).hex()
+    b64encode = base64.b64encode
+    frames = _FRAMES
+    packed = []
+    for index, message in enumerate(messages):
+        key = (
+            exchange,
+            message.routing_key,
+            message.content_type,
+            message.content_encoding,
+            message.delivery_mode,
+            message.priority,
+        )
+        frame = frames.get(key) or _frame_for(key)
+        digits = entropy[32 * index : 32 * index + 32]
+        packed.append(
+            b"".join(
+                (
+                    b'{"body":"',
+                    b64encode(message.body),
+                    frame[0],
+                    dumps(dict(message.headers)),
+                    frame[1],
+                    _uuid4_digits(digits).encode("ascii"),
+                    b'"}}',
+                )
+            )
+        )
+    return packed
+
+
+#: Encoded envelope pieces by (exchange, routing key, content type, encoding, delivery
+#: mode, priority); bounded, since routing keys come from event types.
+_FRAMES: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+_MAX_FRAMES = 1024
+
+
+def _frame_for(key: tuple[Any, ...]) -> tuple[bytes, bytes]:
+    """The JSON between the body and the headers, and between the headers and the tag."""
+    exchange, routing_key, content_type, content_encoding, delivery_mode, priority = key
+    before_headers = b"".join(
+        (
+            b'","content-encoding":',
+            dumps(content_encoding),
+            b',"content-type":',
+            dumps(content_type),
+            b',"headers":',
+        )
+    )
+    before_tag = b"".join(
+        (
+            b',"properties":{"delivery_mode":',
+            dumps(delivery_mode),
+            b',"delivery_info":{"exchange":',
+            dumps(exchange),
+            b',"routing_key":',
+            dumps(routing_key),
+            b'},"priority":',
+            dumps(priority),
+            b',"body_encoding":"base64","delivery_tag":"',
+        )
+    )
+    frame = (before_headers, before_tag)
+    if len(_FRAMES) >= _MAX_FRAMES:
+        _FRAMES.clear()
+    _FRAMES[key] = frame
+    return frame
+
+
+#: The variant nibble of an RFC 4122 UUID for each possible random nibble (10xx in binary).
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def uuid4_text(random16: bytes) -> str:
+    """The text of the version 4 UUID made from 16 random bytes, as ``str(uuid.uuid4())``
+    would give for them."""
+    return _uuid4_digits(random16.hex())
+
+
+def _uuid4_digits(digits: str) -> str:
+    return (
+        f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-"
+        f"{_VARIANT[digits[16]]}{digits[17:20]}-{digits[20:]}"
+    )
 
 
 def unpack(payload: bytes | str, default_routing_key: str = "") -> IncomingMessage:

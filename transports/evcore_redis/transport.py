@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from evcore.envelope import pack
+from evcore.envelope import pack_many
 from evcore.errors import ConnectionLost, UnsupportedOperation
 from evcore.transport import FANOUT, Capabilities, Exchange, OutgoingMessage, QueueOptions
 from evcore_redis.client import connection_for, load_redis, translate
@@ -85,8 +85,7 @@ class RedisTransport:
         name = exchange.name
         head = self._command_head
         parts: list[bytes] = []
-        for message in messages:
-            payload = pack(name, message)
+        for message, payload in zip(messages, pack_many(name, messages), strict=True):
             parts += (head(name, message.routing_key), b"%d\r\n" % len(payload), payload, _CRLF)
         connection = self._connection
         if connection is None:
