@@ -122,7 +122,8 @@ else:
         try:
             return _orjson_loads(data)
         except orjson.JSONDecodeError:
-            # orjson refuses NaN/Infinity and big integers, which Python's json accepts.
+            # orjson refuses NaN and Infinity, which Python's json accepts. (It takes integers
+            # beyond 64 bits, as floats: see docs/compat.md.)
             return _stdlib_loads(data)
 
 
