@@ -4,21 +4,12 @@ Known fields live in ``__slots__``; any other event field is kept in a small per
 created on first use, and read back as an attribute, as Celery's objects (which copy every
 event field into their ``__dict__``) allow.
 
-Copying an event's fields onto an object is the hot path of the State. Events of one type
-nearly always have the same keys in the same order (the sender builds them the same way
-each time), so each key layout gets a small compiled setter, ``obj.a = fields['a']; ...``,
-which runs about twice as fast as a generic loop of ``setattr`` calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
-
-#: Distinct key layouts remembered per class; beyond that the generic loop is used.
-MAX_LAYOUTS = 256
-
-FieldSetter = Callable[[Any, Mapping[Any, Any]], None]
 
 
 class Record:
@@ -32,12 +23,6 @@ class Record:
     _defaults: ClassVar[Mapping[str, Any]] = {"_extra": None}
     #: Field names an event may set directly.
     _settable: ClassVar[frozenset[str]] = frozenset()
-    #: Compiled setters by key layout (each subclass gets its own dict).
-    _setters: ClassVar[dict[tuple[Any, ...], FieldSetter]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._setters = {}
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: an unset slot or an extra field.
@@ -64,25 +49,7 @@ class Record:
 
     def _merge(self, fields: Mapping[Any, Any]) -> None:
         """Copy every field onto the object."""
-        layout = tuple(fields)
-        setter = self._setters.get(layout)
-        if setter is None:
-            setter = self._setter_for(layout)
-        setter(self, fields)
-
-    @classmethod
-    def _setter_for(cls, layout: tuple[Any, ...]) -> FieldSetter:
-        settable = cls._settable
-        if not all(key.__class__ is str and key in settable for key in layout):
-            return set_fields
-        lines = [f"    obj.{key} = fields[{key!r}]" for key in layout]
-        source = "def set_fields(obj, fields):\n" + ("\n".join(lines) or "    pass")
-        namespace: dict[str, Any] = {}
-        exec(source, namespace)  # only names from _settable, which are fixed identifiers
-        setter: FieldSetter = namespace["set_fields"]
-        if len(cls._setters) < MAX_LAYOUTS:
-            cls._setters[layout] = setter
-        return setter
+        set_fields(self, fields)
 
     def _merge_except(self, fields: Mapping[Any, Any], skip: frozenset[str]) -> None:
         """Copy the fields not named in ``skip``."""
