@@ -187,13 +187,18 @@ def celery_receive_rate(payloads: Sequence[tuple[str, bytes]]) -> float:
 
 
 def receive_path_row(settings: Settings) -> Row:
-    payloads = redis_payloads(make_events(settings.state_tasks))
-    log(f"decode + receive + State: {len(payloads)} Redis payloads, {settings.reps} repetitions")
+    tasks = settings.state_tasks
+
+    def fresh() -> list[tuple[str, bytes]]:
+        # Made just before each run, so timestamps are current when received.
+        return redis_payloads(make_events(tasks))
+
+    log(f"decode + receive + State: {tasks} tasks' Redis payloads, {settings.reps} repetitions")
     results = alternate(
         settings.reps,
         [
-            ("evcore", lambda: evcore_receive_rate(payloads)),
-            ("celery", lambda: celery_receive_rate(payloads)),
+            ("evcore", lambda: evcore_receive_rate(fresh())),
+            ("celery", lambda: celery_receive_rate(fresh())),
         ],
     )
     return Row(

@@ -31,18 +31,19 @@ Event = dict[str, Any]
 def make_events(n_tasks: int, seed: int = 7, start: float | None = None) -> list[Event]:
     """Complete events (envelope fields included) in delivery order.
 
-    Timestamps run 0.4 ms apart from ``start``; by default the stream ends about now, so a
-    receiver stamping ``local_received`` sees no clock drift.
+    Timestamps run 50 us apart from ``start`` (default: now), about the pace at which the
+    receivers measured here process them, so one stamping ``local_received`` soon after
+    sees no clock drift (both States check it on every worker's event).
     """
     rnd = random.Random(seed)
     clock = 0
-    now = start if start is not None else time.time() - n_tasks * 0.002
+    now = time.time() if start is None else start
     out: list[Event] = []
 
     def emit(hostname: str, pid: int, type_: str, **fields: Any) -> None:
         nonlocal clock, now
         clock += 1
-        now += 0.0004
+        now += 0.00005
         out.append(
             {
                 "hostname": hostname,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,7 +134,7 @@ def unpack(payload: bytes | str, default_routing_key: str = "") -> IncomingMessa
         if not isinstance(body, str):
             raise MessageRejected("malformed", "base64 body is not a string")
         try:
-            raw = base64.b64decode(body, validate=True)
+            raw = _b64decode(body)
         except (binascii.Error, ValueError):
             raise MessageRejected("malformed", "body is not valid base64") from None
     elif isinstance(body, str):
@@ -145,14 +146,29 @@ def unpack(payload: bytes | str, default_routing_key: str = "") -> IncomingMessa
     info = properties.get("delivery_info")
     if not isinstance(info, dict):
         info = {}
+    routing_key = info.get("routing_key", default_routing_key)
+    exchange = info.get("exchange", "")
     headers = envelope.get("headers")
     content_type = envelope.get("content-type")
     content_encoding = envelope.get("content-encoding")
     return IncomingMessage(
-        body=raw,
-        routing_key=str(info.get("routing_key", default_routing_key)),
-        exchange=str(info.get("exchange", "")),
-        content_type=content_type if isinstance(content_type, str) else None,
-        content_encoding=content_encoding if isinstance(content_encoding, str) else None,
-        headers=headers if isinstance(headers, dict) else {},
+        raw,
+        routing_key if routing_key.__class__ is str else str(routing_key),
+        exchange if exchange.__class__ is str else str(exchange),
+        content_type if isinstance(content_type, str) else None,
+        content_encoding if isinstance(content_encoding, str) else None,
+        headers if isinstance(headers, dict) else {},
     )
+
+
+if sys.version_info >= (3, 11):
+
+    def _b64decode(text: str) -> bytes:
+        """Strict base64: only the alphabet, with correct padding (raises binascii.Error)."""
+        return binascii.a2b_base64(text, strict_mode=True)
+
+else:  # pragma: no cover - Python 3.10
+
+    def _b64decode(text: str) -> bytes:
+        """Strict base64: only the alphabet, with correct padding (raises binascii.Error)."""
+        return base64.b64decode(text, validate=True)

@@ -207,10 +207,11 @@ class Receiver:
         deadline = None if timeout is None else time.monotonic() + timeout
         remaining = limit
         pending = self._pending
+        process = self.process
         while not self.should_stop and (remaining is None or remaining > 0):
             if pending:
                 event = pending.popleft()
-                self._dispatch(event)
+                process(event["type"], event)
                 yield event
                 if remaining is not None:
                     remaining -= 1
@@ -260,9 +261,6 @@ class Receiver:
             if self.raise_handler_errors:
                 raise
             logger.exception("event handler for %r raised", type)
-
-    def _dispatch(self, event: dict[str, Any]) -> None:
-        self.process(event["type"], event)
 
     # -- decoding -------------------------------------------------------------------------
 
