@@ -282,15 +282,16 @@ class Receiver:
             self.stats.rejected[exc.reason] += 1
             logger.warning("rejected a message on %r: %s", message.routing_key, exc)
             return []
-        items = body if isinstance(body, list) else (body,)
+        items = body if body.__class__ is list else (body,)
         if not self._in_sequence(message.headers, len(items)):
             return []
         events = []
+        from_message = self.event_from_message
         for item in items:
-            if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            if item.__class__ is not dict or item.get("type").__class__ is not str:
                 self.stats.rejected["not-an-event"] += 1
                 continue
-            events.append(self.event_from_message(item))
+            events.append(from_message(item))
         self.stats.events += len(events)
         return events
 
@@ -337,7 +338,7 @@ class Receiver:
         if body["type"] == "task-sent":
             body["clock"] = (self.clock.value or 1) + CLIENT_CLOCK_SKEW
             self.clock.adjust(body["clock"])
-        elif isinstance(clock, int) and not isinstance(clock, bool):
+        elif clock.__class__ is int:
             self.clock.adjust(clock)
         else:
             body["clock"] = self.clock.forward()
