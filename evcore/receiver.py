@@ -267,6 +267,9 @@ class Receiver:
     def _events_of(self, message: IncomingMessage) -> list[dict[str, Any]]:
         """Decode one message into its events, counting and skipping what is refused."""
         self.stats.messages += 1
+        if message.rejected is not None:
+            self.stats.rejected[message.rejected] += 1
+            return []
         if self._filter_routing and not binding_matches(self.routing_key, message.routing_key):
             self.stats.filtered += 1
             return []
@@ -299,7 +302,7 @@ class Receiver:
         """Track the sender's sequence numbers: count a gap as lost events; False for a
         message already seen (a duplicate)."""
         boot, seq = headers.get(BOOT_HEADER), headers.get(SEQ_HEADER)
-        if not isinstance(boot, str) or not isinstance(seq, int):
+        if boot.__class__ is not str or seq.__class__ is not int:
             return True
         expected = self._expected_seq.pop(boot, None)
         if expected is not None and seq < expected:

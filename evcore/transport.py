@@ -54,6 +54,10 @@ class IncomingMessage:
     content_type: str | None = "application/json"
     content_encoding: str | None = "utf-8"
     headers: Mapping[str, Any] = field(default_factory=dict)
+    #: Set by an adapter that received something it could not unpack (a broken envelope):
+    #: the reason, in the words of :class:`~evcore.errors.MessageRejected`. The core counts
+    #: it among the rejected messages and skips it, so nothing received goes uncounted.
+    rejected: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -306,3 +306,26 @@ def test_rest_of_a_batch_is_kept_for_the_next_capture(bus_url: str) -> None:
     assert receiver.capture(limit=2, timeout=1) == 2
     assert receiver.capture(limit=10, timeout=0.1) == 3
     assert [e["uuid"] for e in seen] == ["0", "1", "2", "3", "4"]
+
+
+def test_messages_an_adapter_could_not_unpack_are_counted(bus_url: str) -> None:
+    from evcore.transport import IncomingMessage
+
+    receiver, seen = collecting(bus_url)
+    broken = IncomingMessage(b"\xff", "task.started", rejected="malformed")
+    assert receiver._events_of(broken) == []
+    assert receiver.stats.rejected == {"malformed": 1}
+    assert receiver.stats.messages == 1
+    assert seen == []
+
+
+def test_sequence_headers_of_the_wrong_type_are_ignored(bus_url: str) -> None:
+    receiver, seen = collecting(bus_url)
+    transport = evcore.connect(bus_url)
+    body = json.dumps({"type": "custom-x", "clock": 1}).encode()
+    for seq in (True, "2", 2.5, None):
+        headers = {"hostname": "w", "evcore-boot": "b", "evcore-seq": seq}
+        transport.publish(EXCHANGE, [OutgoingMessage("custom.x", body, headers)])
+    assert receiver.capture(limit=4, timeout=1) == 4
+    assert not receiver.stats.lost_events
+    assert receiver.stats.duplicates == 0

@@ -152,15 +152,13 @@ class RedisSubscription:
         while True:
             reply = connection.read_response()
             if isinstance(reply, list) and len(reply) == 4 and reply[0] == b"pmessage":
-                message = self._decode(reply[2], reply[3])
-                if message is not None:
-                    received.append(message)
+                received.append(self._decode(reply[2], reply[3]))
             if len(received) >= limit or not connection.can_read(0):
                 break
         self._last_read = time.monotonic()
         self._ping_sent = None
 
-    def _decode(self, channel: bytes, payload: bytes) -> IncomingMessage | None:
+    def _decode(self, channel: bytes, payload: bytes) -> IncomingMessage:
         prefix = self._prefix
         if channel.startswith(prefix) and channel[len(prefix) : len(prefix) + 1] == b"/":
             routing_key = channel[len(prefix) + 1 :].decode("utf-8", "replace")
@@ -173,7 +171,7 @@ class RedisSubscription:
             logger.warning(
                 "dropped a message on Redis channel %r: %s", channel.decode("utf-8", "replace"), exc
             )
-            return None
+            return IncomingMessage(payload, routing_key, self.exchange, rejected=exc.reason)
         if not message.exchange:
             message = replace(message, exchange=self.exchange)
         return message
