@@ -270,7 +270,9 @@ class Task(Record):
 
     def _lookup(self, uuid: str | None) -> Task | None:
         state = self.cluster_state
-        if not uuid or state is None:
+        # A parent or root id from a hostile event may be any JSON value: only a string
+        # can name a task.
+        if not uuid or uuid.__class__ is not str or state is None:
             return None
         return state._resolve_one(uuid)
 
