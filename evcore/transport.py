@@ -44,9 +44,15 @@ class OutgoingMessage:
     priority: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class IncomingMessage:
-    """One message as a subscription hands it back, still encoded."""
+    """One message as a subscription hands it back, still encoded.
+
+    Treat it as immutable: nothing in evcore changes a message once it is built (use
+    :func:`dataclasses.replace` for a changed copy). It is not declared frozen only because
+    a frozen dataclass costs several times more to construct, once per received message;
+    equality, hashing and ``replace`` behave as before.
+    """
 
     body: bytes
     routing_key: str
