@@ -209,33 +209,15 @@ class Receiver:
         pending = self._pending
         process = self.process
         while not self.should_stop and (remaining is None or remaining > 0):
-            if pending:
-                event = pending.popleft()
-                process(event["type"], event)
-                yield event
-                if remaining is not None:
-                    remaining -= 1
-                continue
-            wait = POLL_INTERVAL
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
+            if not pending:
+                if not self._fill(deadline):
                     return
-            subscription = self._subscription
-            try:
-                if subscription is None:
-                    subscription = self._resubscribe(deadline)
-                    if subscription is None:
-                        return
-                messages = subscription.receive(wait)
-            except ConnectionLost as exc:
-                if self._closed:
-                    return
-                logger.warning("receiver lost its connection: %s", exc)
-                self._drop_subscription()
                 continue
-            for message in messages:
-                pending.extend(self._events_of(message))
+            event = pending.popleft()
+            process(event["type"], event)
+            yield event
+            if remaining is not None:
+                remaining -= 1
 
     def capture(self, limit: int | None = None, timeout: float | None = None) -> int:
         """Handle events until ``limit`` events, ``timeout`` seconds or ``should_stop``;
@@ -244,10 +226,49 @@ class Receiver:
         Unlike Celery, ``limit`` counts events (a ``task.multi`` batch counts each of its
         events) and running out of ``timeout`` returns instead of raising.
         """
+        # The loop of itercapture() without a generator in between: it runs per event.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bound = -1 if limit is None else max(limit, 0)
         handled = 0
-        for _ in self.itercapture(limit=limit, timeout=timeout):
+        pending = self._pending
+        process = self.process
+        while handled != bound and not self.should_stop:
+            if not pending:
+                if not self._fill(deadline):
+                    break
+                continue
+            event = pending.popleft()
+            process(event["type"], event)
             handled += 1
         return handled
+
+    def _fill(self, deadline: float | None) -> bool:
+        """Wait up to the deadline (or one poll interval) for messages and queue their
+        events, subscribing again if the connection was lost; False when the time is up,
+        the receiver is closed or it could not subscribe again in time."""
+        wait = POLL_INTERVAL
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+        subscription = self._subscription
+        try:
+            if subscription is None:
+                subscription = self._resubscribe(deadline)
+                if subscription is None:
+                    return False
+            messages = subscription.receive(wait)
+        except ConnectionLost as exc:
+            if self._closed:
+                return False
+            logger.warning("receiver lost its connection: %s", exc)
+            self._drop_subscription()
+            return True
+        pending = self._pending
+        events_of = self._events_of
+        for message in messages:
+            pending.extend(events_of(message))
+        return True
 
     def process(self, type: str, event: dict[str, Any]) -> None:
         """Call the handler for ``type``, or the ``"*"`` handler, with ``event``."""
