@@ -320,7 +320,7 @@ def test_messages_an_adapter_could_not_unpack_are_counted(bus_url: str) -> None:
 
 
 def test_sequence_headers_of_the_wrong_type_are_ignored(bus_url: str) -> None:
-    receiver, seen = collecting(bus_url)
+    receiver, _ = collecting(bus_url)
     transport = evcore.connect(bus_url)
     body = json.dumps({"type": "custom-x", "clock": 1}).encode()
     for seq in (True, "2", 2.5, None):
