@@ -151,11 +151,21 @@ def decode_body(
         value = loads(body)
     except (ValueError, RecursionError) as exc:
         raise MessageRejected("malformed", f"body is not valid JSON ({exc})") from None
-    # Only a body with enough brackets can nest too deep: the walk is rarely needed.
+    # Only a body with enough brackets can nest too deep: the walk is rarely needed. A
+    # body too short to hold that many pairs of brackets is not even scanned.
     limit = MAX_BODY_NESTING
-    if body.count(b"[") + body.count(b"{") > limit and _nests_deeper(value, limit):
+    if (
+        len(body) >= _MIN_TOO_DEEP_BYTES
+        and body.count(b"[") + body.count(b"{") > limit
+        and _nests_deeper(value, limit)
+    ):
         raise MessageRejected("too-deep", f"body nests deeper than {limit} levels")
     return value
+
+
+#: The shortest body that can nest more than MAX_BODY_NESTING levels deep: that takes one
+#: more opening bracket than the limit, and as many closing ones.
+_MIN_TOO_DEEP_BYTES = 2 * (MAX_BODY_NESTING + 1)
 
 
 def _nests_deeper(value: Any, limit: int) -> bool:

@@ -12,7 +12,8 @@ import base64
 import binascii
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from evcore.codec import dumps, loads
@@ -124,27 +125,27 @@ def unpack(payload: bytes | str, default_routing_key: str = "") -> IncomingMessa
         envelope = loads(payload)
     except (ValueError, RecursionError):
         raise MessageRejected("malformed", "envelope is not valid JSON") from None
-    if not isinstance(envelope, dict):
+    # Decoded JSON holds only exact dicts, lists and strs, so checking the class is enough
+    # (and cheaper than isinstance, once per received message).
+    if envelope.__class__ is not dict:
         raise MessageRejected("malformed", "envelope is not a JSON object")
     properties = envelope.get("properties")
-    if not isinstance(properties, dict):
+    if properties.__class__ is not dict:
         properties = {}
     body: Any = envelope.get("body")
     if properties.get("body_encoding") == "base64":
-        if not isinstance(body, str):
+        if body.__class__ is not str:
             raise MessageRejected("malformed", "base64 body is not a string")
         try:
             raw = _b64decode(body)
         except (binascii.Error, ValueError):
             raise MessageRejected("malformed", "body is not valid base64") from None
-    elif isinstance(body, str):
+    elif body.__class__ is str:
         raw = body.encode("utf-8")
-    elif isinstance(body, bytes):
-        raw = body
     else:
         raise MessageRejected("malformed", "envelope has no body")
     info = properties.get("delivery_info")
-    if not isinstance(info, dict):
+    if info.__class__ is not dict:
         info = {}
     routing_key = info.get("routing_key", default_routing_key)
     exchange = info.get("exchange", "")
@@ -155,17 +156,17 @@ def unpack(payload: bytes | str, default_routing_key: str = "") -> IncomingMessa
         raw,
         routing_key if routing_key.__class__ is str else str(routing_key),
         exchange if exchange.__class__ is str else str(exchange),
-        content_type if isinstance(content_type, str) else None,
-        content_encoding if isinstance(content_encoding, str) else None,
-        headers if isinstance(headers, dict) else {},
+        content_type if content_type.__class__ is str else None,
+        content_encoding if content_encoding.__class__ is str else None,
+        headers if headers.__class__ is dict else {},
     )
 
 
-if sys.version_info >= (3, 11):
+_b64decode: Callable[[str], bytes]
 
-    def _b64decode(text: str) -> bytes:
-        """Strict base64: only the alphabet, with correct padding (raises binascii.Error)."""
-        return binascii.a2b_base64(text, strict_mode=True)
+if sys.version_info >= (3, 11):
+    #: Strict base64: only the alphabet, with correct padding (raises binascii.Error).
+    _b64decode = partial(binascii.a2b_base64, strict_mode=True)
 
 else:  # pragma: no cover - Python 3.10
 

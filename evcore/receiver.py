@@ -287,12 +287,13 @@ class Receiver:
 
     def _events_of(self, message: IncomingMessage) -> list[dict[str, Any]]:
         """Decode one message into its events, counting and skipping what is refused."""
-        self.stats.messages += 1
+        stats = self.stats
+        stats.messages += 1
         if message.rejected is not None:
-            self.stats.rejected[message.rejected] += 1
+            stats.rejected[message.rejected] += 1
             return []
         if self._filter_routing and not binding_matches(self.routing_key, message.routing_key):
-            self.stats.filtered += 1
+            stats.filtered += 1
             return []
         try:
             body = codec.decode_body(
@@ -303,20 +304,28 @@ class Receiver:
                 self.max_message_bytes,
             )
         except MessageRejected as exc:
-            self.stats.rejected[exc.reason] += 1
+            stats.rejected[exc.reason] += 1
             logger.warning("rejected a message on %r: %s", message.routing_key, exc)
             return []
-        items = body if body.__class__ is list else (body,)
-        if not self._in_sequence(message.headers, len(items)):
+        if body.__class__ is not list:
+            # One event per message, the common case.
+            if not self._in_sequence(message.headers, 1):
+                return []
+            if body.__class__ is not dict or body.get("type").__class__ is not str:
+                stats.rejected["not-an-event"] += 1
+                return []
+            stats.events += 1
+            return [self.event_from_message(body)]
+        if not self._in_sequence(message.headers, len(body)):
             return []
         events = []
         from_message = self.event_from_message
-        for item in items:
+        for item in body:
             if item.__class__ is not dict or item.get("type").__class__ is not str:
-                self.stats.rejected["not-an-event"] += 1
+                stats.rejected["not-an-event"] += 1
                 continue
             events.append(from_message(item))
-        self.stats.events += len(events)
+        stats.events += len(events)
         return events
 
     def _in_sequence(self, headers: Mapping[str, Any], count: int) -> bool:
