@@ -5,6 +5,9 @@ message; with publisher confirms the whole batch waits for its acks once. pika's
 ``BlockingChannel.basic_publish`` flushes (and, in confirm mode, waits) per message, so this
 module drives the underlying asynchronous channel of the ``BlockingChannel`` (its ``_impl``)
 and flushes through ``BlockingChannel._flush_output``; both are stable across pika 1.x.
+The frames of a batch are encoded by :mod:`evcore_amqp.frames` and queued as one buffer
+(pika itself would build properties and issue a socket send per frame); where that module
+cannot be used, messages go through the channel's ``basic_publish``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from evcore.errors import ChannelError, ConnectionLost
 from evcore.transport import Exchange, OutgoingMessage
 from evcore_amqp.connection import load_pika, open_connection
 from evcore_amqp.failures import channel_level, translate
+from evcore_amqp.frames import RawOutput, raw_output
 from evcore_amqp.options import AMQPOptions
 
 if TYPE_CHECKING:
@@ -92,6 +96,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
+        self._raw: RawOutput | None = None
         self._confirms: _Confirms | None = None
         self._declared: set[Exchange] = set()
         self._properties: dict[tuple[Any, ...], Any] = {}
@@ -136,18 +141,11 @@ class Publisher:
             channel = self._ready_channel()
         if exchange not in self._declared:
             self._declare(channel, exchange)
-        limit = self.options.max_message_bytes
-        send = channel._impl.basic_publish
-        properties_of = self._properties_of
-        name = exchange.name
-        sent = oversized = 0
-        for message in messages:
-            body = message.body
-            if len(body) > limit:
-                oversized += 1
-                continue
-            send(name, message.routing_key, body, properties_of(message))
-            sent += 1
+        raw = self._raw
+        if raw is None or not raw.is_open:
+            sent, oversized = self._publish_through_pika(channel, exchange.name, messages)
+        else:
+            sent, oversized = self._publish_raw(channel, raw, exchange.name, messages)
         self.stats.oversized += oversized
         if sent:
             if self._confirms is not None:
@@ -158,6 +156,51 @@ class Publisher:
             self.stats.published += sent
             self.stats.batches += 1
         return oversized
+
+    def _publish_raw(
+        self,
+        channel: BlockingChannel,
+        raw: RawOutput,
+        name: str,
+        messages: Sequence[OutgoingMessage],
+    ) -> tuple[int, int]:
+        """Encode the batch here and queue it as one write (see :mod:`evcore_amqp.frames`);
+        a message the encoder leaves to pika goes through ``basic_publish``, in order."""
+        limit = self.options.max_message_bytes
+        encode = raw.encoder.encode
+        frames: list[bytes] = []
+        sent = oversized = 0
+        for message in messages:
+            if len(message.body) > limit:
+                oversized += 1
+                continue
+            if not encode(name, message, frames):
+                if frames:
+                    raw.write(frames)
+                    frames = []
+                channel._impl.basic_publish(
+                    name, message.routing_key, message.body, self._properties_of(message)
+                )
+            sent += 1
+        if frames:
+            raw.write(frames)
+        return sent, oversized
+
+    def _publish_through_pika(
+        self, channel: BlockingChannel, name: str, messages: Sequence[OutgoingMessage]
+    ) -> tuple[int, int]:
+        limit = self.options.max_message_bytes
+        send = channel._impl.basic_publish
+        properties_of = self._properties_of
+        sent = oversized = 0
+        for message in messages:
+            body = message.body
+            if len(body) > limit:
+                oversized += 1
+                continue
+            send(name, message.routing_key, body, properties_of(message))
+            sent += 1
+        return sent, oversized
 
     def _ready_channel(self) -> BlockingChannel:
         connection = self._connection
@@ -175,6 +218,7 @@ class Publisher:
         channel = self._channel
         if channel is None or not channel.is_open:
             channel = connection.channel()
+            self._raw = raw_output(channel)
             self._confirms = None
             if self.options.confirm_publish:
                 self._confirms = self._enable_confirms(channel)
@@ -198,9 +242,7 @@ class Publisher:
         connection = channel.connection
         wake = connection.call_later(timeout, _nothing)  # ends the wait at the deadline
         try:
-            channel._flush_output(
-                lambda: not confirms.pending or time.monotonic() >= deadline
-            )
+            channel._flush_output(lambda: not confirms.pending or time.monotonic() >= deadline)
         finally:
             connection.remove_timeout(wake)
         if confirms.pending:
@@ -268,6 +310,7 @@ class Publisher:
 
     def _drop_channel(self) -> None:
         channel, self._channel, self._confirms = self._channel, None, None
+        self._raw = None
         self._declared.clear()
         if channel is not None and channel.is_open:
             try:
@@ -278,7 +321,7 @@ class Publisher:
 
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None
-        self._channel, self._confirms = None, None
+        self._channel, self._confirms, self._raw = None, None, None
         self._declared.clear()
         if connection is not None and connection.is_open:
             try:
