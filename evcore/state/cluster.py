@@ -11,13 +11,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from evcore.state import snapshot
 from evcore.state.index import TaskIndex, TimeEntry, TimeIndex
+from evcore.state.record import set_fields
 from evcore.state.states import (
     READY_STATES,
     TASK_EVENT_TO_STATE,
     Ordering,
     get_ordering,
 )
-from evcore.state.task import Task, apply_event
+from evcore.state.task import Task, merge_late
 from evcore.state.worker import HEARTBEAT_DRIFT_MAX, Worker, check_drift
 
 K = TypeVar("K")
@@ -350,14 +351,32 @@ class State:
             if local_received and timestamp:
                 if abs(local_received - timestamp) > HEARTBEAT_DRIFT_MAX:
                     check_drift(hostname, local_received, timestamp)
-                worker._beat(local_received)
+                beats = worker.heartbeats
+                if beats and local_received > beats[-1]:  # in order: Worker._beat's common case
+                    if len(beats) >= worker.heartbeat_max:
+                        del beats[0]
+                    beats.append(local_received)
+                else:
+                    worker._beat(local_received)
             origin = worker._id
             hostname = worker._hostname  # the stored copy of the same string
 
         self._time.add((clock, origin, seq, uuid) if clock else (0, timestamp, seq, uuid))
         if kind.counted:
             self.task_count += 1
-        if apply_event(task, kind.stamp, kind.state, timestamp, event, self.ordering):
+        # apply_event() inlined for the common case of an event that is not late.
+        state = kind.state
+        if kind.stamp is not None:
+            setattr(task, kind.stamp, timestamp)
+        ordering = self.ordering
+        if ordering.is_late(task, state):
+            merged = merge_late(task, state, event, ordering)
+        else:
+            set_fields(task, event)
+            task.state = state
+            task.timestamp = timestamp
+            merged = True
+        if merged:
             # Keep one copy of strings that repeat across tasks instead of one per task.
             task.type = kind.type
             task.hostname = hostname

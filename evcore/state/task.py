@@ -333,16 +333,23 @@ def apply_event(
     if stamp is not None:
         setattr(task, stamp, timestamp)
     if ordering.is_late(task, state):
-        keep = MERGE_RULES.get(state)
-        if keep is not None:
-            task._merge_only(fields, keep)
-            return False
-        if ordering.late_skip:
-            task._merge_except(fields, ordering.late_skip)
-            return False
-        task._merge(fields)
-        return True
+        return merge_late(task, state, fields, ordering)
     task._merge(fields)
     task.state = state
     task.timestamp = timestamp
+    return True
+
+
+def merge_late(task: Task, state: str, fields: Mapping[str, Any], ordering: Ordering) -> bool:
+    """Merge a late event of ``state``: only the fields its merge rule keeps, or all but
+    the ordering's ``late_skip``; the state does not move. Returns whether every field
+    was merged."""
+    keep = MERGE_RULES.get(state)
+    if keep is not None:
+        task._merge_only(fields, keep)
+        return False
+    if ordering.late_skip:
+        task._merge_except(fields, ordering.late_skip)
+        return False
+    task._merge(fields)
     return True
