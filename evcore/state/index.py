@@ -6,8 +6,8 @@ when it evicts or clears it. Readers resolve uuids to tasks through the State.
 
 from __future__ import annotations
 
-from bisect import insort
 from collections.abc import Callable, Iterator, KeysView, Mapping, Set
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -103,16 +103,21 @@ class TaskIndex(Mapping[str, TaskSet]):
 class TimeIndex:
     """Task events ordered by Lamport clock (ties: origin, then arrival), bounded.
 
-    Entries are kept sorted; when the bound is reached the oldest entry is dropped, as
-    Celery's task heap does, but in amortised constant time (a moving head that is
-    compacted in batches).
+    Entries that arrive in order (the common case) are appended to a sorted list; when the
+    bound is reached the oldest entry is dropped, as Celery's task heap does, but in
+    amortised constant time (a moving head that is compacted in batches). An entry older
+    than the newest one (a sender whose clock lags the others) goes to a small heap
+    instead of being inserted into the middle of the list, which would move every newer
+    entry; the heap is merged into the list when the entries are read.
     """
 
-    __slots__ = ("_entries", "_head", "dropped", "limit")
+    __slots__ = ("_entries", "_head", "_late", "dropped", "limit")
 
     def __init__(self, limit: int | None) -> None:
         self._entries: list[TimeEntry] = []
         self._head = 0
+        #: Entries that arrived out of order, as a heap (the oldest first).
+        self._late: list[TimeEntry] = []
         #: The bound on entries; None or 0 means unbounded.
         self.limit = limit
         #: How many entries were dropped to respect the bound.
@@ -122,22 +127,37 @@ class TimeIndex:
         """Insert one entry, dropping the oldest first if the index is full."""
         entries = self._entries
         limit = self.limit
-        if limit and len(entries) - self._head >= limit:
+        if limit and len(entries) - self._head + len(self._late) >= limit:
             self._drop_oldest()
-        if entries and entry > entries[-1]:
+        if not entries or entry > entries[-1]:
             entries.append(entry)
         else:
-            insort(entries, entry, self._head)
+            heappush(self._late, entry)
 
     def _drop_oldest(self) -> None:
-        self._head += 1
         self.dropped += 1
-        if self._head >= 64 and self._head * 8 >= len(self._entries):
-            del self._entries[: self._head]
+        late, entries = self._late, self._entries
+        if late and (self._head >= len(entries) or late[0] < entries[self._head]):
+            heappop(late)
+            return
+        self._head += 1
+        if self._head >= 64 and self._head * 8 >= len(entries):
+            del entries[: self._head]
             self._head = 0
+
+    def _merge_late(self) -> None:
+        """Fold the out-of-order entries into the sorted list."""
+        entries = self._entries[self._head :]
+        entries += self._late
+        entries.sort()  # two sorted runs after sorting the heap's part: a linear merge
+        self._entries = entries
+        self._head = 0
+        self._late = []
 
     def entries(self) -> list[TimeEntry]:
         """A copy of the live entries, oldest first."""
+        if self._late:
+            self._merge_late()
         return self._entries[self._head :]
 
     def replace(self, entries: list[TimeEntry]) -> None:
@@ -147,6 +167,7 @@ class TimeIndex:
             del entries[: len(entries) - self.limit]
         self._entries = entries
         self._head = 0
+        self._late = []
 
     def __len__(self) -> int:
-        return len(self._entries) - self._head
+        return len(self._entries) - self._head + len(self._late)
