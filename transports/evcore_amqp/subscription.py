@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from evcore.errors import ChannelError, ConnectionLost
 from evcore.transport import Exchange, IncomingMessage, QueueOptions
 from evcore_amqp.connection import open_connection
+from evcore_amqp.delivery import DeliveryReader, install
 from evcore_amqp.failures import RESOURCE_LOCKED, reply_code, translate, translated
 from evcore_amqp.options import AMQPOptions, queue_arguments
 
@@ -54,6 +55,7 @@ class AMQPSubscription:
         self.received = 0
         self._on_close = on_close
         self._inbox: list[IncomingMessage] = []
+        self._reader: DeliveryReader | None = None
         self._lock = threading.Lock()
         self._receiving = False
         self._released = threading.Event()
@@ -111,6 +113,9 @@ class AMQPSubscription:
             if options.prefetch_count:
                 channel.basic_qos(prefetch_count=options.prefetch_count)
             channel.add_on_cancel_callback(self._on_cancelled)
+            # Deliveries are read ahead of pika's frame handling where possible (see
+            # evcore_amqp.delivery); otherwise pika calls _on_message.
+            self._reader = install(self._connection, channel, self._on_delivery)
             channel.basic_consume(queue.name, self._on_message, auto_ack=True)
         return channel
 
@@ -127,6 +132,9 @@ class AMQPSubscription:
                 headers=properties.headers or {},
             )
         )
+
+    def _on_delivery(self, message: IncomingMessage) -> None:
+        self._inbox.append(message)
 
     def _on_cancelled(self, _frame: Any) -> None:
         self._lost = f"the broker cancelled the consumer of queue {self.queue.name!r}"
