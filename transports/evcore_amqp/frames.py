@@ -9,10 +9,11 @@ against pika's own encoder in ``tests/test_amqp_frames.py``) from templates cach
 property shape, with only the body size and the integer header values filled in per
 message; :class:`RawOutput` then hands a whole batch to pika's connection as one buffer.
 
-This module is the only place that relies on pika's private connection internals
-(``BlockingChannel._impl``, ``Connection._output_marshaled_frames`` and
-``Connection._body_max_length``, all present throughout pika 1.x, which the package
-pins). :func:`raw_output` returns None when they are missing and the publisher then goes
+Beyond the publisher's use of ``BlockingChannel._impl`` and ``_flush_output``, this module
+holds the publishing side's reliance on pika's private connection internals
+(``Connection._output_marshaled_frames`` and ``Connection._body_max_length``, present
+throughout pika 1.x, which the package pins; the consuming side's are in
+:mod:`evcore_amqp.delivery`). :func:`raw_output` returns None when they are missing and the publisher then goes
 through ``basic_publish`` as before. A message whose properties this encoder does not
 cover (a header value other than a string or an integer, strings too long for a short
 string, ...) is also left to pika, so pika's own errors still apply to it.
