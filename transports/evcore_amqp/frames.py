@@ -13,10 +13,10 @@ Beyond the publisher's use of ``BlockingChannel._impl`` and ``_flush_output``, t
 holds the publishing side's reliance on pika's private connection internals
 (``Connection._output_marshaled_frames`` and ``Connection._body_max_length``, present
 throughout pika 1.x, which the package pins; the consuming side's are in
-:mod:`evcore_amqp.delivery`). :func:`raw_output` returns None when they are missing and the publisher then goes
-through ``basic_publish`` as before. A message whose properties this encoder does not
-cover (a header value other than a string or an integer, strings too long for a short
-string, ...) is also left to pika, so pika's own errors still apply to it.
+:mod:`evcore_amqp.delivery`). :func:`raw_output` returns None when they are missing and the
+publisher then goes through ``basic_publish`` as before. A message whose properties this
+encoder does not cover (a header value other than a string or an integer, strings too long
+for a short string, ...) is also left to pika, so pika's own errors still apply to it.
 """
 
 from __future__ import annotations
