@@ -16,26 +16,15 @@ no gap is left open at the tail.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from _net import TcpProxy, wait_for
+
 from evcore import Dispatcher, Receiver, State
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0, step: float = 0.02) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
 
 
 class Monitor:
@@ -180,97 +169,4 @@ def reconcile(fault: str, stream: Stream, monitor: Monitor) -> FaultRow:
     return row
 
 
-class StallingProxy:
-    """A TCP proxy of the test's own in front of a broker on 127.0.0.1.
-
-    ``stall()`` makes the connections open at that moment accept bytes and forward
-    nothing (a partition: both ends see a silent peer); connections opened afterwards
-    work. ``cut()`` closes every connection and refuses new ones until ``restore()``.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._pairs: list[tuple[socket.socket, socket.socket, threading.Event]] = []
-        self._accepting = True
-        self._stopped = False
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
-
-    def _accept_loop(self) -> None:
-        while not self._stopped:
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                accepting = self._accepting
-            if not accepting:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            upstream.settimeout(None)
-            stalled = threading.Event()
-            with self._lock:
-                self._pairs.append((client, upstream, stalled))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(
-                    target=self._pump, args=(source, sink, stalled), daemon=True
-                ).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket, stalled: threading.Event) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                break
-            if not data:
-                break
-            if stalled.is_set():
-                continue  # swallowed: the peer never hears of it
-            try:
-                sink.sendall(data)
-            except OSError:
-                break
-        if not stalled.is_set():
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def stall(self) -> None:
-        """Stop forwarding on every connection open now; keep them open."""
-        with self._lock:
-            for _, _, stalled in self._pairs:
-                stalled.set()
-
-    def cut(self) -> None:
-        """Close every connection, both sides, and refuse new ones until restore()."""
-        with self._lock:
-            self._accepting = False
-            pairs, self._pairs = self._pairs, []
-        for client, upstream, _ in pairs:
-            for sock in (client, upstream):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-    def restore(self) -> None:
-        with self._lock:
-            self._accepting = True
-
-    def close(self) -> None:
-        self._stopped = True
-        self._thread.join(5)
-        self.cut()
-        self._listener.close()
+StallingProxy = TcpProxy

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from _net import TcpProxy, free_port, wait_for
 
 #: The database these tests use, so that channel prefixes never meet other suites'.
 TEST_DB = 9
@@ -46,23 +43,6 @@ def kill_clients(client: redis.Redis, name: str) -> int:
     for entry in clients_named(client, name):
         killed += int(client.execute_command("CLIENT", "KILL", "ID", entry["id"]))
     return killed
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, step: float = 0.02) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrivateRedis:
@@ -136,51 +116,9 @@ def private_redis(*args: str) -> Iterator[PrivateRedis]:
         server.stop()
 
 
-class FreezableProxy:
-    """A TCP proxy to a Redis that can stop forwarding without closing anything, so the
-    client sees a silent, half-open connection (a partition, a dead host)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.frozen = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._sockets: list[socket.socket] = []
-        self._closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+class FreezableProxy(TcpProxy):
+    """The shared proxy (``_net.TcpProxy``, freeze it with ``frozen.set()``), with the
+    Redis URL that goes through it."""
 
     def url(self, db: int = TEST_DB) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            upstream.settimeout(None)
-            self._sockets += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            if not self.frozen.is_set():
-                try:
-                    sink.sendall(data)
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self._closed.set()
-        self._listener.close()
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.close()

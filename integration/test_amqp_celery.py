@@ -11,7 +11,8 @@ from typing import Any
 
 import pika
 import pytest
-from _amqp_support import delete_exchanges, probe, wait_for
+from _amqp_support import delete_exchanges, probe
+from _net import wait_for
 from celery import Celery
 from celery.events.state import State as CeleryState
 

@@ -9,14 +9,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _amqp_support import (
-    close_connections,
-    delete_exchanges,
-    rabbitmqctl,
-    receive_n,
-    tcp_proxy,
-    wait_for,
-)
+from _amqp_support import close_connections, delete_exchanges, rabbitmqctl, receive_n, tcp_proxy
+from _net import wait_for
 
 from evcore import Dispatcher, Receiver
 from evcore.errors import ConnectionLost

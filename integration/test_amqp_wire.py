@@ -13,7 +13,8 @@ from typing import Any
 
 import pika
 import pytest
-from _amqp_support import delete_exchanges, probe, queue_info, receive_n, wait_for
+from _amqp_support import delete_exchanges, probe, queue_info, receive_n
+from _net import wait_for
 from kombu import Connection as KombuConnection
 from kombu import Exchange as KombuExchange
 

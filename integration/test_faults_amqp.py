@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 from _amqp_support import delete_exchanges
-from _faults_support import Monitor, StallingProxy, Stream, reconcile, wait_for
+from _faults_support import Monitor, StallingProxy, Stream, reconcile
+from _net import wait_for
 
 from evcore import Dispatcher
 from evcore_amqp import parse_url

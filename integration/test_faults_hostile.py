@@ -16,7 +16,7 @@ import pika
 import pytest
 import redis
 from _amqp_support import delete_exchanges, probe
-from _faults_support import wait_for
+from _net import wait_for
 from _redis_support import TEST_DB, with_db
 
 from evcore import Receiver, State

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from _faults_support import Monitor, StallingProxy, Stream, reconcile, wait_for
+from _faults_support import Monitor, StallingProxy, Stream, reconcile
+from _net import wait_for
 from _redis_support import TEST_DB, PrivateRedis, admin, client_name, clients_named
 
 from evcore import Dispatcher

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from _amqp_support import delete_exchanges
-from _faults_support import Monitor, wait_for
+from _faults_support import Monitor
+from _net import wait_for
 from _redis_support import PrivateRedis
 
 from evcore import Dispatcher, Receiver

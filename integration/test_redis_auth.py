@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from _redis_support import PrivateRedis, private_redis, wait_for
+from _net import wait_for
+from _redis_support import PrivateRedis, private_redis
 
 from evcore.errors import ChannelError
 from evcore.transport import FANOUT, Exchange, IncomingMessage, OutgoingMessage, QueueOptions

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 import redis
-from _redis_support import admin, wait_for, with_db
+from _net import wait_for
+from _redis_support import admin, with_db
 from celery import Celery
 from celery.events.state import State as CeleryState
 from celery.utils.time import utcoffset

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from _redis_support import free_port, with_db
+from _net import free_port
+from _redis_support import with_db
 
 from evcore.testing import TransportConformance
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _net import wait_for
 from _redis_support import (
     PrivateRedis,
     admin,
@@ -18,7 +19,6 @@ from _redis_support import (
     clients_named,
     kill_clients,
     private_redis,
-    wait_for,
     with_db,
 )
 

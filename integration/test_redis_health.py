@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _redis_support import FreezableProxy, PrivateRedis, private_redis, wait_for
+from _net import wait_for
+from _redis_support import FreezableProxy, PrivateRedis, private_redis
 
 from evcore.errors import ConnectionLost
 from evcore.transport import FANOUT, Exchange, IncomingMessage, OutgoingMessage, QueueOptions

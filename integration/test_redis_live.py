@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from _redis_support import admin, client_name, clients_named, kill_clients, wait_for, with_db
+from _net import wait_for
+from _redis_support import admin, client_name, clients_named, kill_clients, with_db
 
 from evcore import Dispatcher, Receiver
 from evcore.errors import ChannelError, ConnectionLost

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _redis_support import PrivateRedis, free_port, private_redis, wait_for
+from _net import free_port, wait_for
+from _redis_support import PrivateRedis, private_redis
 
 from evcore import Dispatcher, Receiver
 from evcore.errors import ChannelError
