@@ -16,7 +16,7 @@ from evcore import codec
 from evcore._connect import resolve_transport
 from evcore.buffer import DropPolicy, OfflineBuffer
 from evcore.clock import LamportClock, default_clock
-from evcore.errors import ConnectionLost, TransportError
+from evcore.errors import ConfigurationError, ConnectionLost, TransportError
 from evcore.event import group_from, multi_routing_key, routing_key_for
 from evcore.nodename import anon_nodename, utcoffset
 from evcore.registry import connect
@@ -71,7 +71,10 @@ class Dispatcher:
 
     With ``background=True`` a writer thread publishes what ``send()`` queued, coalescing
     many events into one round trip; ``flush()`` and ``close()`` still deliver everything
-    accepted.
+    accepted. ``close()`` ends the thread and ``enable()`` starts a new one. A send with
+    ``retry=True`` bypasses the writer: it waits for what is queued, then publishes and
+    retries in the caller's thread. The writer cannot raise a failed publish to the caller,
+    so ``background=True`` with ``buffer_while_offline=False`` is refused.
     """
 
     def __init__(
@@ -95,12 +98,18 @@ class Dispatcher:
         max_pending: int = 10_000,
         linger: float = 0.0005,
     ) -> None:
+        if background and not buffer_while_offline:
+            raise ConfigurationError(
+                "background=True cannot honour buffer_while_offline=False: the writer thread "
+                "publishes after send() has returned, so a failed publish cannot be raised to "
+                "the caller; use background=False to have send() raise ConnectionLost"
+            )
         self.transport, self._owns_transport = resolve_transport(transport_or_url)
         self._url = transport_or_url if isinstance(transport_or_url, str) else None
         self._transport_closed = False
         self.hostname = hostname or anon_nodename()
         self.groups = set(groups or ())
-        self.buffer_while_offline = buffer_while_offline or background
+        self.buffer_while_offline = buffer_while_offline
         self.buffer_group = frozenset(buffer_group or ())
         self.buffer_limit = buffer_limit
         self.on_send_buffered = on_send_buffered
@@ -133,11 +142,11 @@ class Dispatcher:
         self._routes: dict[str, tuple[str, str]] = {}
         self._closed = False
         self.enabled = False
-        self._writer = (
-            BackgroundWriter(self._publish_many, max_pending=max_pending, linger=linger)
-            if background and not self.disabled_reason
-            else None
-        )
+        self.background = background and not self.disabled_reason
+        self._max_pending = max_pending
+        self._linger = linger
+        self._writer: BackgroundWriter | None = None
+        self._start_writer()
         if self.disabled_reason:
             logger.warning("evcore dispatcher disabled: %s", self.disabled_reason)
         elif enabled:
@@ -156,8 +165,15 @@ class Dispatcher:
                 self._transport_closed = False
             self._closed = False
             self.enabled = True
+            self._start_writer()
         for callback in list(self.on_enabled):
             callback()
+
+    def _start_writer(self) -> None:
+        if self.background and self._writer is None:
+            self._writer = BackgroundWriter(
+                self._publish_many, max_pending=self._max_pending, linger=self._linger
+            )
 
     def disable(self) -> None:
         """Stop sending and close; runs the ``on_disabled`` callbacks. Buffers are kept."""
@@ -276,11 +292,15 @@ class Dispatcher:
         message = OutgoingMessage(
             routing_key, body, headers, self.content_type, "utf-8", self.delivery_mode
         )
-        if self._writer is not None:
-            self._writer.submit((message, events))
-        else:
-            with self._publish_lock:
-                self._publish(message, events, retry, retry_policy)
+        writer = self._writer
+        if writer is not None and not retry:
+            writer.submit((message, events))
+            return
+        if writer is not None:
+            # Retrying happens in the caller's thread, after what the writer still holds.
+            writer.wait_idle()
+        with self._publish_lock:
+            self._publish(message, events, retry, retry_policy)
 
     def _publish(
         self,
@@ -289,13 +309,13 @@ class Dispatcher:
         retry: bool = False,
         retry_policy: Mapping[str, float] | None = None,
     ) -> None:
-        """Publish after anything still in the offline buffer, so order holds."""
-        if self.offline_buffer and not self._drain_offline():
-            self._buffer([(message, events)], ConnectionLost("earlier events still buffered"))
-            return
+        """Publish after anything still in the offline buffer, so order holds; with
+        ``retry``, draining that buffer is retried too."""
         attempts = 0
         while True:
             try:
+                if self.offline_buffer and not self._drain_offline():
+                    raise ConnectionLost("earlier events still buffered")
                 self._send_now([(message, events)])
                 return
             except ConnectionLost as exc:
@@ -309,7 +329,8 @@ class Dispatcher:
                 return
 
     def _publish_many(self, items: list[Item]) -> None:
-        """The background writer's path: one transport call for the whole batch."""
+        """The background writer's path: one transport call for the whole batch. What
+        fails is buffered (nobody is left to raise it to)."""
         with self._publish_lock:
             if self.offline_buffer and not self._drain_offline():
                 self.offline_buffer.extend(items)
@@ -317,7 +338,8 @@ class Dispatcher:
             try:
                 self._send_now(items)
             except ConnectionLost as exc:
-                self._buffer(items, exc)
+                logger.debug("publish failed, buffering %d message(s): %s", len(items), exc)
+                self.offline_buffer.extend(items)
 
     def _send_now(self, items: list[Item]) -> None:
         """Hand messages to the transport and count them; raise ConnectionLost."""
@@ -364,8 +386,9 @@ class Dispatcher:
                 return
             if groups:
                 self._flush_groups()
-        if self._writer is not None:
-            self._writer.wait_idle()
+        writer = self._writer
+        if writer is not None:
+            writer.wait_idle()
         if errors:
             with self._publish_lock:
                 if self.offline_buffer:
@@ -395,7 +418,8 @@ class Dispatcher:
         background writer, or in the offline buffer."""
         with self.mutex:
             batched = sum(len(bodies) for bodies in self._group_buffer.values())
-        queued = self._writer.pending if self._writer is not None else 0
+        writer = self._writer
+        queued = writer.pending if writer is not None else 0
         with self._publish_lock:
             return batched + queued + self.offline_buffer.events
 
@@ -405,21 +429,25 @@ class Dispatcher:
         """Deliver what can be delivered (once), then stop sending.
 
         What could not be delivered stays buffered, so ``enable()`` and ``flush()`` can
-        still deliver it. A transport opened from a URL is closed too.
+        still deliver it. The background writer's thread ends; a transport opened from a URL
+        is closed too.
         """
         with self.mutex:
             if self._closed:
                 return
             self._flush_groups()
-        if self._writer is not None:
-            self._writer.wait_idle()
-        with self.mutex, self._publish_lock:
-            if self.offline_buffer:
-                self._drain_offline()
-            self._closed = True
-            if self._owns_transport:
-                self._transport_closed = True
-                self.transport.close()
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                # Under the mutex, so nothing is submitted behind the writer's back; the
+                # writer takes only the publish lock, which is not held here.
+                writer.stop()
+            with self._publish_lock:
+                if self.offline_buffer:
+                    self._drain_offline()
+                self._closed = True
+                if self._owns_transport:
+                    self._transport_closed = True
+                    self.transport.close()
 
     def __enter__(self) -> Dispatcher:
         return self
