@@ -20,8 +20,8 @@ from evcore.errors import ConfigurationError, ConnectionLost, TransportError
 from evcore.event import group_from, multi_routing_key, routing_key_for
 from evcore.nodename import anon_nodename, utcoffset
 from evcore.registry import connect
-from evcore.routing import events_disabled_because, rule_for
-from evcore.transport import Exchange, OutgoingMessage, Transport
+from evcore.routing import events_disabled_because, exchange_type_for
+from evcore.transport import TOPIC, Exchange, OutgoingMessage, Transport
 from evcore.writer import BackgroundWriter, Item
 
 logger = logging.getLogger(__name__)
@@ -129,10 +129,9 @@ class Dispatcher:
             offline_buffer_limit, offline_buffer_bytes, offline_drop_policy
         )
 
-        rule = rule_for(self.transport.driver_type)
-        self.exchange = Exchange(exchange, rule.exchange_type)
         #: Why this dispatcher can never send, or ``None``.
         self.disabled_reason = events_disabled_because(self.transport)
+        self.exchange = Exchange(exchange, exchange_type_for(self.transport) or TOPIC)
         #: Guards the clock, the sequence numbers and the batches: the order of events.
         self.mutex = threading.RLock()
         #: Guards the transport, the offline buffer and the counters. Taken after ``mutex``

@@ -20,8 +20,16 @@ from evcore.clock import LamportClock, default_clock
 from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
 from evcore.nodename import utcoffset as local_utcoffset
-from evcore.routing import binding_matches, events_disabled_because, rule_for
-from evcore.transport import Exchange, IncomingMessage, QueueOptions, Subscription, Transport
+from evcore.routing import binding_matches, events_disabled_because, exchange_type_for
+from evcore.transport import (
+    FANOUT,
+    TOPIC,
+    Exchange,
+    IncomingMessage,
+    QueueOptions,
+    Subscription,
+    Transport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,11 +118,10 @@ class Receiver:
             if self._owns_transport:
                 self.transport.close()
             raise EventsDisabled(f"cannot receive events here: {reason}")
-        rule = rule_for(self.transport.driver_type)
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.routing_key = routing_key
         self.node_id = node_id or str(uuid.uuid4())
-        self.exchange = Exchange(exchange, rule.exchange_type)
+        self.exchange = Exchange(exchange, exchange_type_for(self.transport) or TOPIC)
         self.queue = QueueOptions(
             name=f"{queue_prefix}.{self.node_id}",
             exclusive=queue_exclusive,
@@ -135,7 +142,11 @@ class Receiver:
         self.stats = ReceiverStats()
         #: Set to True (from a handler or another thread) to end ``capture()``.
         self.should_stop = False
-        self._filter_routing = not self.transport.capabilities.exact_routing and routing_key != "#"
+        # A fanout exchange ignores binding keys, and a transport without exact routing
+        # applies its own: either way the core filters by the binding key itself.
+        self._filter_routing = routing_key != "#" and (
+            not self.transport.capabilities.exact_routing or self.exchange.type == FANOUT
+        )
         self._subscription: Subscription | None = None
         self._pending: deque[dict[str, Any]] = deque()
         self._expected_seq: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""Routing rules: AMQP binding-key matching and Celery's per-driver exchange rules."""
+"""Routing rules: AMQP binding-key matching and the choice of the events' exchange type."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ class ExchangeRule:
     disabled_because: str | None = None
 
 
-#: Celery's exchange rules, in one place. Anything not listed gets the default rule.
+#: Celery's exchange rules, in one place: events go to a fanout exchange on Redis and GC
+#: Pub/Sub, and are disabled on SQL brokers. Anything not listed gets the default rule. A
+#: rule only states a preference: the exchange type used is always one the transport
+#: declares (see :func:`exchange_type_for`).
 EXCHANGE_RULES: dict[str, ExchangeRule] = {
     "redis": ExchangeRule(exchange_type=FANOUT),
     "gcpubsub": ExchangeRule(exchange_type=FANOUT),
@@ -36,17 +39,44 @@ def rule_for(driver_type: str) -> ExchangeRule:
     return EXCHANGE_RULES.get(driver_type, DEFAULT_RULE)
 
 
+#: The exchange types that can carry every event to every monitor, in the order the core
+#: prefers them when the driver type's rule names a type the transport does not declare.
+#: (A direct exchange delivers only exact routing keys, so a ``#`` binding gets nothing.)
+EVENT_EXCHANGE_TYPES = (TOPIC, FANOUT)
+
+
+def exchange_type_for(transport: Transport) -> str | None:
+    """The exchange type events use on ``transport``, or ``None`` if it has none they can use.
+
+    The driver type's rule where the transport declares that type (Celery's choice, so
+    evcore and Celery meet on the same exchange), else the first of
+    :data:`EVENT_EXCHANGE_TYPES` it declares in ``capabilities.exchange_types``.
+    """
+    declared = transport.capabilities.exchange_types
+    preferred = rule_for(transport.driver_type).exchange_type
+    if preferred in declared:
+        return preferred
+    return next((kind for kind in EVENT_EXCHANGE_TYPES if kind in declared), None)
+
+
 def events_disabled_because(transport: Transport) -> str | None:
     """Why events cannot flow over ``transport``, or ``None`` when they can.
 
-    Either the driver type's rule disables them, or the transport cannot broadcast, so a
-    monitor would never see events that another consumer takes first.
+    Either the driver type's rule disables them, or the transport cannot broadcast (a
+    monitor would never see events that another consumer takes first), or it declares no
+    exchange type that can carry events.
     """
     reason = rule_for(transport.driver_type).disabled_because
     if reason is None and not transport.capabilities.broadcast:
         reason = (
             f"transport {transport.driver_type!r} cannot broadcast a message to every "
             "subscriber, so monitors could not receive events"
+        )
+    if reason is None and exchange_type_for(transport) is None:
+        declared = sorted(transport.capabilities.exchange_types)
+        reason = (
+            f"transport {transport.driver_type!r} declares the exchange types {declared}, "
+            f"none of which can carry events ({' or '.join(EVENT_EXCHANGE_TYPES)} needed)"
         )
     return reason
 

@@ -17,18 +17,21 @@ declare are skipped, with the reason; the basics never are.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from functools import partial
 from types import MappingProxyType
 from typing import Any, cast
 
 import pytest
 
+from evcore.dispatcher import Dispatcher
 from evcore.errors import ChannelError, ConnectionLost, InvalidURL, TransportError
 from evcore.registry import load_factory, scheme_of
-from evcore.routing import binding_matches, rule_for
+from evcore.routing import binding_matches, events_disabled_because, exchange_type_for
 from evcore.testing.harness import (
     bodies,
     body_seen,
@@ -147,11 +150,16 @@ class TransportConformance:
         return subscription
 
     def exchange_for(self, transport: Transport, name: str | None = None) -> Exchange:
-        """A transient, auto-deleted exchange of the type the core would use for events on
-        this transport."""
-        declared = transport.capabilities.exchange_types
-        preferred = rule_for(transport.driver_type).exchange_type
-        kind = preferred if preferred in declared else sorted(declared)[0]
+        """A transient, auto-deleted exchange of the type the core uses for events on this
+        transport (:func:`evcore.routing.exchange_type_for`)."""
+        kind = exchange_type_for(transport)
+        if kind is None:
+            pytest.fail(
+                f"the core finds no exchange type for events among those the "
+                f"{transport.driver_type!r} transport declares: "
+                f"{sorted(transport.capabilities.exchange_types)}",
+                pytrace=False,
+            )
         return _exchange(kind, name)
 
     def receive_through(
@@ -229,6 +237,33 @@ class TransportConformance:
         assert message.content_type == "application/json"
         assert message.content_encoding == "utf-8"
         assert message.exchange in ("", exchange.name)
+
+    def test_events_flow_on_the_exchange_the_core_chooses(self) -> None:
+        """A Dispatcher publishes on an exchange type the transport declares, and the event
+        arrives (nothing is refused), whatever the driver type is called."""
+        publisher, consumer = self.connect_transport(), self.connect_transport()
+        reason = events_disabled_because(publisher)
+        if reason is not None:
+            pytest.skip(f"events are disabled on this transport: {reason}")
+        dispatcher = Dispatcher(publisher, hostname="conformance@check", enabled=False)
+        assert dispatcher.exchange.type in publisher.capabilities.exchange_types, (
+            f"the core chose a {dispatcher.exchange.type!r} exchange for driver type "
+            f"{publisher.driver_type!r}, which declares only "
+            f"{sorted(publisher.capabilities.exchange_types)}"
+        )
+        # The core's exchange type, on a transient exchange of the suite's own.
+        dispatcher.exchange = replace(
+            dispatcher.exchange, name=unique_name(), durable=False, auto_delete=True
+        )
+        subscription = self.subscribe(consumer, dispatcher.exchange)
+        dispatcher.publish("worker-online", {"freq": 2.0})
+        dispatcher.close()
+
+        received = collect(subscription, until=count_reached(1), timeout=self.delivery_timeout)
+
+        assert dispatcher.stats.events_refused == 0, "the transport refused the event"
+        assert dispatcher.stats.events_sent == 1
+        assert [json.loads(m.body)["type"] for m in received] == ["worker-online"]
 
     def test_headers_round_trip(self) -> None:
         """Message headers (Celery's dispatcher sets ``hostname``) arrive unchanged."""
