@@ -85,8 +85,8 @@ def state_section(settings: Settings) -> list[Row]:
 
 def redis_payloads(events: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
     """Each event as kombu's Redis envelope, as a Celery worker publishes it unbatched."""
-    from evcore.envelope import pack
     from evcore.transport import OutgoingMessage
+    from evcore_adapter_helpers.envelope import pack
 
     payloads = []
     for event in events:
@@ -108,7 +108,7 @@ class _ReplaySubscription:
         )
 
     def receive(self, timeout: float | None = None) -> list[Any]:
-        from evcore.envelope import unpack
+        from evcore_adapter_helpers.envelope import unpack
 
         chunk = next(self._chunks, ())
         return [unpack(payload, key) for key, payload in chunk]

@@ -20,8 +20,8 @@ from _net import wait_for
 from _redis_support import TEST_DB, with_db
 
 from evcore import Receiver, State
-from evcore.envelope import pack
 from evcore.transport import OutgoingMessage
+from evcore_adapter_helpers.envelope import pack
 
 MAX_BYTES = 10_000
 PICKLE = "application/x-python-serialize"

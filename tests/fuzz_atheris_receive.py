@@ -2,8 +2,8 @@
 libFuzzer reports the inputs tried and stops at the first crash).
 
 Each input is split into a content type, sequence headers and a body; the body goes both
-through ``evcore.envelope.unpack`` (as a Redis payload) and straight into a Receiver
-feeding a State. Any exception escaping either is a crash.
+through ``evcore_adapter_helpers.envelope.unpack`` (as a Redis payload) and straight into a
+Receiver feeding a State. Any exception escaping either is a crash.
 
     pip install atheris
     python tests/fuzz_atheris_receive.py -runs=200000
@@ -20,9 +20,9 @@ import atheris
 
 with atheris.instrument_imports():
     from evcore import Receiver, State
-    from evcore.envelope import unpack
     from evcore.errors import MessageRejected
     from evcore.transport import IncomingMessage
+    from evcore_adapter_helpers.envelope import unpack
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_fuzz_receive import FeedTransport

@@ -1,6 +1,6 @@
-"""Hostile Redis payloads through ``evcore.envelope.unpack``: each one either unpacks to a
-well-formed IncomingMessage or is refused with MessageRejected, never anything else; what
-unpacks then goes through the Receiver without raising."""
+"""Hostile Redis payloads through ``evcore_adapter_helpers.envelope.unpack``: each one
+either unpacks to a well-formed IncomingMessage or is refused with MessageRejected, never
+anything else; what unpacks then goes through the Receiver without raising."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from test_fuzz_receive import FeedTransport, receiver_for
 
 from evcore import State, codec
-from evcore.envelope import pack, unpack
 from evcore.errors import MessageRejected
 from evcore.transport import IncomingMessage, OutgoingMessage
+from evcore_adapter_helpers.envelope import pack, unpack
 
 
 @st.composite

@@ -289,7 +289,7 @@ def test_wire_samples_decode_to_the_captured_events(bus_url: str) -> None:
 
 
 def test_redis_envelopes_unpack_to_the_captured_bodies() -> None:
-    from evcore.envelope import unpack
+    from evcore_adapter_helpers.envelope import unpack
 
     for line in _wire_lines("redis.jsonl"):
         message = unpack(line["payload"].encode("utf-8"))

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from evcore.envelope import unpack
 from evcore.errors import ConnectionLost, MessageRejected
 from evcore.transport import IncomingMessage
+from evcore_adapter_helpers.envelope import unpack
 from evcore_redis.client import connection_for, load_redis, shutdown_socket, translate
 from evcore_redis.settings import RedisSettings
 

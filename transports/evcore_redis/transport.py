@@ -14,9 +14,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from evcore.envelope import pack_many
 from evcore.errors import ConnectionLost, UnsupportedOperation
 from evcore.transport import FANOUT, Capabilities, Exchange, OutgoingMessage, QueueOptions
+from evcore_adapter_helpers.envelope import pack_many
 from evcore_redis.client import connection_for, load_redis, translate
 from evcore_redis.settings import RedisSettings, parse_settings
 from evcore_redis.subscription import RedisSubscription

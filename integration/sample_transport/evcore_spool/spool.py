@@ -28,10 +28,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, unquote
 
-from evcore.envelope import pack, unpack
 from evcore.errors import MessageRejected
 from evcore.routing import binding_matches
 from evcore.transport import DIRECT, FANOUT, IncomingMessage, OutgoingMessage
+from evcore_adapter_helpers.envelope import pack, unpack
 
 MESSAGE_SUFFIX = ".msg"
 LOCK_NAME = ".lock"
