@@ -17,7 +17,13 @@ from evcore._connect import resolve_transport
 from evcore.buffer import DropPolicy, OfflineBuffer
 from evcore.clock import LamportClock, default_clock
 from evcore.errors import ConfigurationError, ConnectionLost, TransportError
-from evcore.event import group_from, multi_routing_key, routing_key_for
+from evcore.event import (
+    BOOT_HEADER,
+    SEQ_HEADER,
+    group_from,
+    multi_routing_key,
+    routing_key_for,
+)
 from evcore.nodename import anon_nodename, utcoffset
 from evcore.registry import connect
 from evcore.routing import events_disabled_because, exchange_type_for
@@ -28,11 +34,6 @@ logger = logging.getLogger(__name__)
 
 #: Fields every dispatcher stamps itself; passing one to ``send()`` is a TypeError.
 RESERVED_FIELDS = frozenset({"hostname", "clock", "pid"})
-
-#: Message headers carrying the sender's boot id and the sequence number of the first event
-#: in the message. Celery ignores them; evcore's Receiver uses them to count lost events.
-BOOT_HEADER = "evcore-boot"
-SEQ_HEADER = "evcore-seq"
 
 #: Event types whose group and routing key a dispatcher remembers.
 MAX_ROUTES = 1024

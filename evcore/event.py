@@ -1,10 +1,15 @@
-"""Event dicts, groups and routing keys."""
+"""The event wire format: event dicts, groups, routing keys and evcore's message headers."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
 from typing import Any
+
+#: Message headers carrying the sender's boot id and the sequence number of the first event
+#: in the message. Celery ignores them; evcore's Receiver uses them to count lost events.
+BOOT_HEADER = "evcore-boot"
+SEQ_HEADER = "evcore-seq"
 
 
 def Event(type: str, _fields: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:

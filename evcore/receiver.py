@@ -17,8 +17,8 @@ from typing import Any
 from evcore import codec
 from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
-from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
+from evcore.event import BOOT_HEADER, SEQ_HEADER
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, events_disabled_because, exchange_type_for
 from evcore.transport import (
