@@ -23,7 +23,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from evcore.routing import rule_for
 from evcore.transport import DIRECT, FANOUT, TOPIC, Capabilities
 from evcore_kombu.errors import import_kombu
 
@@ -74,13 +73,15 @@ def inspect_transport(cls: Any) -> KombuSupport:
         reason = _refusal(cls, exchange_type, implemented, is_virtual, driver_type)
         if reason is not None:
             refusals[exchange_type] = reason
-    event_type = rule_for(driver_type).exchange_type
+    broadcasting = frozenset(t for t in EVENT_EXCHANGE_TYPES if t not in refusals)
     capabilities = Capabilities(
-        broadcast=event_type not in refusals,
+        # Which of the exchange types events use is the core's choice, by driver type
+        # among the declared ones.
+        broadcast=bool(broadcasting),
         # The virtual exchanges match topics with kombu's own regular expressions (or
         # Redis glob patterns), not AMQP's rules: the core filters what comes back.
         exact_routing=not is_virtual,
-        exchange_types=frozenset(t for t in EVENT_EXCHANGE_TYPES if t not in refusals),
+        exchange_types=broadcasting,
         queue_options=frozenset() if is_virtual else _ALL_QUEUE_OPTIONS,
         persistent=not is_virtual,
     )
