@@ -17,7 +17,7 @@ from evcore.errors import (
     UnsupportedOperation,
 )
 from evcore.event import Event, group_from
-from evcore.receiver import EventReceiver, Receiver
+from evcore.receiver import ConnectionState, EventReceiver, Receiver
 from evcore.registry import available_transports, connect
 from evcore.state import Camera, Polaroid, State, Task, Worker
 
@@ -26,6 +26,7 @@ __all__ = [
     "ChannelError",
     "ConfigurationError",
     "ConnectionLost",
+    "ConnectionState",
     "Dispatcher",
     "DuplicateTransport",
     "EvcoreError",

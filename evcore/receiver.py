@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -69,6 +69,26 @@ class ReceiverStats:
     duplicates: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionState:
+    """A Receiver's connection to the broker, as last seen by the receiving thread."""
+
+    #: True from a successful subscription until a connection error.
+    connected: bool = False
+    #: ``time.monotonic()`` when ``connected`` last changed (or the Receiver was created).
+    since: float = field(default_factory=time.monotonic)
+    #: Successful subscriptions after a lost connection.
+    reconnects: int = 0
+    #: Times the connection was lost after having been up.
+    losses: int = 0
+    #: The last connection error, or ``None`` while connected.
+    error: str | None = None
+
+
+#: Told when the Receiver connects or loses its connection: ``on_connection_change(state)``.
+ConnectionHandler = Callable[[ConnectionState], Any]
+
+
 def adjust_timestamp(timestamp: float, offset: float) -> float:
     """Celery's timestamp localisation: shift by the sender's and this host's offsets."""
     return timestamp - (offset - local_utcoffset()) * 3600
@@ -109,6 +129,7 @@ class Receiver:
         raise_handler_errors: bool = False,
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
         on_loss: LossHandler | None = None,
+        on_connection_change: ConnectionHandler | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
@@ -139,6 +160,10 @@ class Receiver:
         self.reconnect_delay = reconnect_delay
         #: Called with ``(hostname, count)`` for each gap found; ``State.record_loss`` fits.
         self.on_loss = on_loss
+        #: Called with the new :class:`ConnectionState` whenever ``connected`` flips, from
+        #: the thread that is receiving (or creating the Receiver).
+        self.on_connection_change = on_connection_change
+        self._connection = ConnectionState()
         self.stats = ReceiverStats()
         #: Set to True (from a handler or another thread) to end ``capture()``.
         self.should_stop = False
@@ -156,6 +181,59 @@ class Receiver:
             self._subscribe()
         except ConnectionLost as exc:
             logger.warning("receiver could not subscribe yet, will retry: %s", exc)
+            self._connection_down(exc)
+        else:
+            self._connection_up(reconnected=False)
+
+    # -- connection state -----------------------------------------------------------------
+
+    @property
+    def connection(self) -> ConnectionState:
+        """The connection to the broker: up or not, since when, reconnects, last error."""
+        return self._connection
+
+    @property
+    def connected(self) -> bool:
+        """Whether the Receiver is subscribed and has seen no connection error since."""
+        return self._connection.connected
+
+    def _connection_up(self, reconnected: bool) -> None:
+        old = self._connection
+        if old.connected:
+            return
+        self._set_connection(
+            replace(
+                old,
+                connected=True,
+                since=time.monotonic(),
+                reconnects=old.reconnects + reconnected,
+                error=None,
+            )
+        )
+
+    def _connection_down(self, exc: ConnectionLost) -> None:
+        old = self._connection
+        error = str(exc) or type(exc).__name__
+        if not old.connected:
+            self._connection = replace(old, error=error)
+            return
+        self._set_connection(
+            replace(
+                old, connected=False, since=time.monotonic(), losses=old.losses + 1, error=error
+            )
+        )
+
+    def _set_connection(self, state: ConnectionState) -> None:
+        self._connection = state
+        if self.on_connection_change is None:
+            return
+        try:
+            self.on_connection_change(state)
+        except Exception:
+            self.stats.handler_errors += 1
+            if self.raise_handler_errors:
+                raise
+            logger.exception("on_connection_change callback raised")
 
     # -- subscription ---------------------------------------------------------------------
 
@@ -183,6 +261,7 @@ class Receiver:
             try:
                 subscription = self._subscribe()
             except ConnectionLost as exc:
+                self._connection_down(exc)
                 delay = min(cap, first * 2**attempt) * random.uniform(0.5, 1.0)
                 attempt += 1
                 logger.warning("receiver reconnect failed (%s); next try in %.2fs", exc, delay)
@@ -193,6 +272,7 @@ class Receiver:
                 self._sleep(delay)
                 continue
             self.stats.reconnects += 1
+            self._connection_up(reconnected=True)
             return subscription
         return None
 
@@ -273,6 +353,7 @@ class Receiver:
             if self._closed:
                 return False
             logger.warning("receiver lost its connection: %s", exc)
+            self._connection_down(exc)
             self._drop_subscription()
             return True
         pending = self._pending

@@ -15,8 +15,8 @@ import click
 from evcore.cli.common import safe_url, url_argument
 from evcore.cli.dumper import Dumper
 from evcore.cli.source import EventSource
-from evcore.cli.watch import Link
 from evcore.event import group_from
+from evcore.receiver import ConnectionState
 
 
 class EventFilter:
@@ -38,12 +38,12 @@ def _say(message: str) -> None:
     click.echo(f"-> {message}", err=True)
 
 
-def _report(link: Link) -> None:
-    if link.connected:
-        if link.losses:
+def _report(connection: ConnectionState) -> None:
+    if connection.connected:
+        if connection.losses:
             _say("connection restored")
     else:
-        _say(f"connection lost ({link.error}), reconnecting")
+        _say(f"connection lost ({connection.error}), reconnecting")
 
 
 def _silence_stdout() -> None:
@@ -89,10 +89,10 @@ def dump(
     keep = EventFilter(types, groups)
     dumper = Dumper()
     printed = 0
-    with EventSource(url, wait=wait, link=Link(on_change=_report)) as source:
+    with EventSource(url, wait=wait, on_change=_report) as source:
         _say(f"evcore dump: capturing from {safe_url(url)}")
-        if not source.link.connected:
-            _say(f"cannot reach the broker yet ({source.link.error}), retrying")
+        if not source.connection.connected:
+            _say(f"cannot reach the broker yet ({source.connection.error}), retrying")
         try:
             for event in source.receiver.itercapture(timeout=timeout):
                 if not keep(event):

@@ -105,7 +105,7 @@ class Monitor:
         self.source = EventSource(url, handlers={"*": self.state.event}, wait=wait)
         self.rate = RateMeter()
         self.failure: BaseException | None = None
-        self._ever_connected = self.source.link.connected
+        self._ever_connected = self.source.connection.connected
         self._thread = threading.Thread(target=self._consume, name="evcore-monitor", daemon=True)
 
     def start(self) -> Monitor:
@@ -125,14 +125,15 @@ class Monitor:
         return self._thread.is_alive()
 
     def link_view(self) -> LinkView:
-        link = self.source.link
-        self._ever_connected = self._ever_connected or link.connected or link.losses > 0
+        connection = self.source.connection
+        was_up = connection.connected or connection.losses > 0
+        self._ever_connected = self._ever_connected or was_up
         return LinkView(
-            connected=link.connected,
-            error=link.error,
-            for_seconds=time.monotonic() - link.since,
+            connected=connection.connected,
+            error=connection.error,
+            for_seconds=time.monotonic() - connection.since,
             ever_connected=self._ever_connected,
-            reconnects=self.source.receiver.stats.reconnects,
+            reconnects=connection.reconnects,
         )
 
     def snapshot(self, task_rows: int, notes: tuple[str, ...] = ()) -> Snapshot:

@@ -6,17 +6,17 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from evcore.cli.common import BrokerUnreachable
-from evcore.cli.watch import Link, WatchedTransport
 from evcore.errors import ConnectionLost
-from evcore.receiver import Handler, Receiver
+from evcore.receiver import ConnectionHandler, ConnectionState, Handler, Receiver
 from evcore.registry import connect
 
 
 class EventSource:
-    """A Receiver on ``url`` plus the :class:`Link` telling whether the broker is reachable.
+    """A Receiver on ``url``, whose connection state tells whether the broker is reachable.
 
     Unless ``wait`` is true, a broker that cannot be reached at once raises
-    :class:`BrokerUnreachable`; once connected, the Receiver reconnects by itself.
+    :class:`BrokerUnreachable`; once connected, the Receiver reconnects by itself and calls
+    ``on_change`` each time the connection goes down or comes back.
     """
 
     def __init__(
@@ -25,23 +25,29 @@ class EventSource:
         handlers: Mapping[str, Handler] | None = None,
         routing_key: str = "#",
         wait: bool = False,
-        link: Link | None = None,
+        on_change: ConnectionHandler | None = None,
     ) -> None:
         self.url = url
-        self.transport = WatchedTransport(connect(url), link)
+        self.transport = connect(url)
         try:
-            self.receiver = Receiver(self.transport, handlers=handlers, routing_key=routing_key)
+            self.receiver = Receiver(
+                self.transport,
+                handlers=handlers,
+                routing_key=routing_key,
+                on_connection_change=on_change,
+            )
         except BaseException:
             self.transport.close()
             raise
-        if not wait and not self.link.connected:
-            error = self.link.error or "no connection"
+        if not wait and not self.connection.connected:
+            error = self.connection.error or "no connection"
             self.close()
             raise BrokerUnreachable(url, ConnectionLost(error))
 
     @property
-    def link(self) -> Link:
-        return self.transport.link
+    def connection(self) -> ConnectionState:
+        """The Receiver's connection to the broker."""
+        return self.receiver.connection
 
     def close(self) -> None:
         """Stop the Receiver (from any thread) and close the connection."""
