@@ -18,7 +18,12 @@ from evcore.errors import (
 )
 from evcore.event import Event, group_from
 from evcore.receiver import ConnectionState, EventReceiver, Receiver
-from evcore.registry import available_transports, connect
+from evcore.registry import (
+    available_transports,
+    connect,
+    register_transport,
+    unregister_transport,
+)
 from evcore.state import Camera, Polaroid, State, Task, Worker
 
 __all__ = [
@@ -49,5 +54,7 @@ __all__ = [
     "available_transports",
     "connect",
     "group_from",
+    "register_transport",
+    "unregister_transport",
 ]
 __version__ = "0.1.0"

@@ -6,8 +6,21 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from _fake_transports import FakeRedisTransport, FakeSQLTransport
 
+from evcore.registry import register_transport, unregister_transport
 from evcore_memory import MemoryBus, get_bus
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fake_transports() -> Iterator[None]:
+    """``fakesql://`` and ``fakeredis://``, registered in this process for the session."""
+    schemes = {"fakesql": FakeSQLTransport, "fakeredis": FakeRedisTransport}
+    for scheme, factory in schemes.items():
+        register_transport(scheme, factory)
+    yield
+    for scheme in schemes:
+        unregister_transport(scheme)
 
 
 @pytest.fixture

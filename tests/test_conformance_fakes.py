@@ -1,5 +1,5 @@
-"""The test transports of tests/fake_transports pass the conformance suite, so the core's
-tests that use them run on transports that keep the contract."""
+"""The test transports of tests/_fake_transports.py pass the conformance suite, so the
+core's tests that use them run on transports that keep the contract."""
 
 from __future__ import annotations
 

@@ -110,3 +110,101 @@ def test_third_party_transport_is_found_lazily_and_plus_schemes_fall_back(
     assert transport.options == {"flavour": "x"}  # type: ignore[attr-defined]
     assert load_factory("bridgetest") is load_factory("bridgetest+other")
     monkeypatch.delitem(sys.modules, "bridgetest_mod")
+
+
+class Loopback:
+    """A transport factory for the in-process registration tests."""
+
+    driver_type = "loopback"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @classmethod
+    def from_url(cls, url: str, **options: object) -> Loopback:
+        return cls(url)
+
+    def close(self) -> None:
+        pass
+
+
+def test_register_a_transport_in_process() -> None:
+    evcore.register_transport("loopback", Loopback)
+    try:
+        transport = connect("loopback+inner://x")  # a+b falls back to a, as entry points do
+        assert isinstance(transport, Loopback) and transport.url == "loopback+inner://x"
+        [info] = [info for info in available_transports() if info.scheme == "loopback"]
+        assert info.distribution == "(registered in-process)"
+        assert info.target == f"{__name__}:Loopback"
+        with pytest.raises(evcore.DuplicateTransport, match="clobber=True"):
+            evcore.register_transport("LOOPBACK", Loopback)
+    finally:
+        evcore.unregister_transport("loopback")
+    with pytest.raises(evcore.TransportNotFound, match="'loopback'"):
+        connect("loopback://x")
+    with pytest.raises(evcore.TransportNotFound):
+        evcore.unregister_transport("loopback")
+
+
+def test_a_module_attr_registration_is_imported_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    (tmp_path / "lazy_loopback_mod.py").write_text(
+        "from test_registry import Loopback\n\nclass Lazy(Loopback):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    evcore.register_transport("lazyloop", "lazy_loopback_mod:Lazy")
+    evcore.register_transport("brokenloop", "evcore_no_such_module:Transport")
+    try:
+        assert "lazy_loopback_mod" not in sys.modules
+        assert any(info.target == "lazy_loopback_mod:Lazy" for info in available_transports())
+        assert type(connect("lazyloop://x")).__name__ == "Lazy"
+        with pytest.raises(evcore.MissingDependency, match="evcore_no_such_module"):
+            connect("brokenloop://x")
+    finally:
+        evcore.unregister_transport("lazyloop")
+        evcore.unregister_transport("brokenloop")
+        monkeypatch.delitem(sys.modules, "lazy_loopback_mod", raising=False)
+
+
+def test_replacing_an_installed_scheme_needs_clobber() -> None:
+    installed_by = r"evcore \(evcore_memory:MemoryTransport\)"
+    with pytest.raises(evcore.DuplicateTransport, match=installed_by):
+        evcore.register_transport("memory", Loopback)
+    assert connect("memory://registry-clobber").driver_type == "memory"
+    evcore.register_transport("memory", Loopback, clobber=True)
+    try:
+        assert isinstance(connect("memory://x"), Loopback)
+        [info] = [info for info in available_transports() if info.scheme == "memory"]
+        assert info.distribution == "(registered in-process)"
+    finally:
+        evcore.unregister_transport("memory")
+    assert connect("memory://registry-clobber").driver_type == "memory"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "factory", "error"),
+    [
+        ("no spaces", Loopback, evcore.InvalidURL),
+        ("", Loopback, evcore.InvalidURL),
+        ("9lives", Loopback, evcore.InvalidURL),
+        ("fine", object(), TypeError),
+        ("fine", "no_colon_here", TypeError),
+    ],
+)
+def test_bad_registrations_are_refused(scheme: str, factory: object, error: type) -> None:
+    with pytest.raises(error):
+        evcore.register_transport(scheme, factory)  # type: ignore[arg-type]
+    assert not any(info.scheme == "fine" for info in available_transports())
+
+
+def test_no_test_transport_is_installed() -> None:
+    """The unit tests register theirs in-process; the install line adds none."""
+    installed = {
+        info.scheme
+        for info in available_transports()
+        if info.distribution != "(registered in-process)"
+    }
+    assert not installed & {"fakesql", "fakeredis"}

@@ -3,7 +3,9 @@
 ``fakesql://NAME`` reports driver type ``sql`` (events are disabled there) and
 ``fakeredis://NAME`` reports ``redis`` (events use a fanout exchange and the core filters by
 binding key). Both carry messages over an in-memory bus of their own, so no broker is
-needed; each scheme's buses are separate from ``memory://`` and from each other.
+needed; each scheme's buses are separate from ``memory://`` and from each other. The unit
+tests' conftest registers them in-process (``evcore.register_transport``): nothing is
+installed, so a user's ``evcore transports`` never lists them.
 """
 
 from __future__ import annotations
