@@ -5,7 +5,7 @@ The public names mirror ``celery.events.state`` and ``celery.events.snapshot``; 
 """
 
 from evcore.state.camera import Camera, Polaroid
-from evcore.state.cluster import Registry, State
+from evcore.state.cluster import LRUMapping, State
 from evcore.state.index import TaskIndex, TaskSet
 from evcore.state.states import (
     ALL_STATES,
@@ -53,9 +53,9 @@ __all__ = [
     "TERMINAL_ORDERING",
     "UNREADY_STATES",
     "Camera",
+    "LRUMapping",
     "Ordering",
     "Polaroid",
-    "Registry",
     "State",
     "Task",
     "TaskIndex",

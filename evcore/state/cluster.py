@@ -71,7 +71,7 @@ class _Kind:
         self.repeated = _REPEATED_FIELDS.get(subject, ())
 
 
-class Registry(MutableMapping[K, V], Generic[K, V]):
+class LRUMapping(MutableMapping[K, V], Generic[K, V]):
     """``state.workers`` and ``state.tasks``: a mapping in least-recently-used order.
 
     Reading an item (``[]`` or ``get``) marks it as recently used, as Celery's LRU cache
@@ -137,7 +137,7 @@ class Registry(MutableMapping[K, V], Generic[K, V]):
             return dict(self._data).values()
 
     def __repr__(self) -> str:
-        return f"<Registry: {len(self._data)} items>"
+        return f"<LRUMapping: {len(self._data)} items>"
 
 
 class State:
@@ -188,10 +188,10 @@ class State:
         self.max_workers_in_memory = max_workers_in_memory
         self.max_tasks_in_memory = max_tasks_in_memory
 
-        self.workers: Registry[str, Worker] = Registry(
+        self.workers: LRUMapping[str, Worker] = LRUMapping(
             self._workers, self._lock, self._evict_workers, _ignore
         )
-        self.tasks: Registry[str, Task] = Registry(
+        self.tasks: LRUMapping[str, Task] = LRUMapping(
             self._tasks, self._lock, self._evict_tasks, self._forget_task
         )
         self.tasks_by_type = TaskIndex(self._tasks_of_type, self._resolve_list, self._locked)
