@@ -77,7 +77,8 @@ class ConnectionState:
     connected: bool = False
     #: ``time.monotonic()`` when ``connected`` last changed (or the Receiver was created).
     since: float = field(default_factory=time.monotonic)
-    #: Successful subscriptions after a lost connection.
+    #: Successful subscriptions after a lost connection or a failed first attempt (the
+    #: same count as ``ReceiverStats.reconnects``).
     reconnects: int = 0
     #: Times the connection was lost after having been up.
     losses: int = 0
