@@ -23,7 +23,7 @@ from evcore.transport import (
 from evcore_amqp import AMQPTransport
 from evcore_kombu import KombuTransport
 
-pytestmark = pytest.mark.amqp
+pytestmark = [pytest.mark.kombu, pytest.mark.amqp]
 
 
 @pytest.fixture

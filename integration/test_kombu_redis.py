@@ -28,7 +28,7 @@ from evcore.transport import (
 from evcore_kombu import KombuTransport
 from evcore_redis import RedisTransport
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.kombu, pytest.mark.redis]
 
 #: The database of these tests: its number is part of every channel name.
 KOMBU_DB = 10
