@@ -77,3 +77,15 @@ def test_the_amqp_page_lists_every_module_using_pika_internals() -> None:
     assert users, "no private pika access found: update the page and this test"
     unlisted = [module for module in users if f"`{module}`" not in section]
     assert not unlisted, f"docs/transports/amqp.md does not list {unlisted}"
+
+
+#: A shell command installing evcore or one of its extras from a package index.
+FROM_AN_INDEX = re.compile(r"^\s*pip install (?!-e )['\"]?evcore\b", re.MULTILINE)
+SHELL_BLOCK = re.compile(r"^```(?:bash|text|sh|console)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: str(path.relative_to(ROOT)))
+def test_documents_install_from_a_checkout_as_the_readme_does(document: Path) -> None:
+    blocks = SHELL_BLOCK.findall(document.read_text("utf-8"))
+    from_index = [line for block in blocks for line in FROM_AN_INDEX.findall(block)]
+    assert not from_index, f"{document.relative_to(ROOT)} installs from an index: {from_index}"
