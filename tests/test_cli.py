@@ -21,8 +21,8 @@ from evcore.cli import cli
 from evcore.cli.dump import EventFilter
 from evcore.cli.dumper import Dumper, format_timestamp, human_type
 from evcore.cli.monitor import Monitor, RateMeter
-from evcore.cli.simulator import ClusterSimulator, TaskKind
 from evcore.cli.view import ConnectionStatus, Snapshot, format_age, render, task_rows_that_fit
+from evcore.simulator import ClusterSimulator, TaskKind
 from evcore.transport import Exchange, QueueOptions
 from evcore_memory import MemoryBus
 
