@@ -1,8 +1,8 @@
 """Event strings are hostile: ``evcore top``'s views and ``evcore dump`` show them as plain text.
 
 Whoever publishes on the broker chooses task names, hostnames, uuids, event types (hence task
-states), exception text. None of it may be read as rich markup (``[/]`` used to crash
-``evcore top``), open a hyperlink, retitle or clear the terminal, reorder the line (bidi
+states), exception text. None of it may be read as rich markup (a stray ``[/]`` is a markup
+error that would end ``evcore top`` with a traceback), open a hyperlink, retitle or clear the terminal, reorder the line (bidi
 overrides) or smuggle a NUL: every control character is shown as its escape instead.
 """
 
