@@ -2,8 +2,9 @@
 
 Whoever publishes on the broker chooses task names, hostnames, uuids, event types (hence task
 states), exception text. None of it may be read as rich markup (a stray ``[/]`` is a markup
-error that would end ``evcore top`` with a traceback), open a hyperlink, retitle or clear the terminal, reorder the line (bidi
-overrides) or smuggle a NUL: every control character is shown as its escape instead.
+error that would end ``evcore top`` with a traceback), open a hyperlink, retitle or clear the
+terminal, reorder the line (bidi overrides) or smuggle a NUL: every control character is shown
+as its escape instead.
 """
 
 from __future__ import annotations
