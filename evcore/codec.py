@@ -22,7 +22,9 @@ JSON = "application/json"
 #: Serializer names accepted where Celery takes one, with their content types.
 CONTENT_TYPES = {"json": JSON, JSON: JSON}
 
-#: Default bound on one received message body, in bytes.
+#: The one default bound on a message body, in bytes (4 MiB): receivers refuse bigger bodies
+#: as ``too-large``, and adapters with a client-side limit (the AMQP ``max_message_bytes``)
+#: refuse to send them, since no receiver with the default would accept them.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 #: How deep JSON may nest before a body is refused (stops recursion bombs); orjson's own

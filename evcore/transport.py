@@ -51,7 +51,7 @@ class IncomingMessage:
     Treat it as immutable: nothing in evcore changes a message once it is built (use
     :func:`dataclasses.replace` for a changed copy). It is not declared frozen only because
     a frozen dataclass costs several times more to construct, once per received message;
-    equality, hashing and ``replace`` behave as before.
+    equality, hashing (``unsafe_hash``) and ``replace`` work as for a frozen one.
     """
 
     body: bytes

@@ -25,7 +25,8 @@ from evcore_amqp import AMQPTransport
 
 pytestmark = pytest.mark.amqp
 
-WIRE_SAMPLES = Path("/work/shared/reference/wire-samples/amqp.jsonl")
+#: Real Celery 5.7 messages kept in the repository (tests/data/wire-samples/README.md).
+WIRE_SAMPLES = Path(__file__).resolve().parents[1] / "tests/data/wire-samples/amqp.jsonl"
 
 
 @pytest.fixture

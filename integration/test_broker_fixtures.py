@@ -16,6 +16,8 @@ CASES = {
     "redis": ("EVCORE_REDIS_URL", "redis://127.0.0.1:{port}/0", "test_redis_live.py"),
     "amqp": ("EVCORE_AMQP_URL", "amqp://guest:guest@127.0.0.1:{port}//", "test_amqp_wire.py"),
 }
+#: Each case runs in the tox environment of its broker (its client library is installed there).
+BROKERS = [pytest.param(name, marks=getattr(pytest.mark, name)) for name in sorted(CASES)]
 
 
 def closed_port() -> int:
@@ -40,7 +42,7 @@ def _only_without_docker() -> None:
         pytest.skip("a Docker engine answers: the fixtures use containers, not the URLs")
 
 
-@pytest.mark.parametrize("broker", sorted(CASES))
+@pytest.mark.parametrize("broker", BROKERS)
 def test_unreachable_broker_fails_in_ci(broker: str) -> None:
     result = run_one_test(broker, ci="true")
     assert result.returncode == 1, result.stdout[-2000:]
@@ -48,7 +50,7 @@ def test_unreachable_broker_fails_in_ci(broker: str) -> None:
     assert "skipped" not in result.stdout.splitlines()[-1]
 
 
-@pytest.mark.parametrize("broker", sorted(CASES))
+@pytest.mark.parametrize("broker", BROKERS)
 def test_unreachable_broker_skips_with_the_reason_outside_ci(broker: str) -> None:
     result = run_one_test(broker, ci="")
     assert result.returncode == 0, result.stdout[-2000:]

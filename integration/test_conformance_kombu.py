@@ -8,6 +8,8 @@ import pytest
 
 from evcore.testing import TransportConformance
 
+pytestmark = pytest.mark.kombu
+
 
 def _closed_port() -> int:
     """A port on 127.0.0.1 where nothing listens (just released by the OS)."""

@@ -78,7 +78,9 @@ def test_many_threads_sending_at_once_lose_and_duplicate_nothing(
     assert len(monitor.state.tasks) == total
 
 
-@pytest.mark.parametrize("broker", ["redis", "amqp"])
+@pytest.mark.parametrize(
+    "broker", [pytest.param(name, marks=getattr(pytest.mark, name)) for name in ("redis", "amqp")]
+)
 def test_a_receiver_stopped_from_another_thread_ends_promptly(
     request: pytest.FixtureRequest, exchange_name: str, broker: str
 ) -> None:

@@ -1,5 +1,6 @@
-"""The kombu bridge on a real Redis: kombu's fanout layout, and interchangeable with the
-native Redis transport in both directions."""
+"""The kombu bridge on a real Redis, what only Redis has: kombu's channel names, envelope and
+binding table, and a server of the test's own stopped and started again. What both brokers
+share (exchange type, interchange with the native transport) is in ``test_kombu_bridge.py``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import base64
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -23,12 +23,10 @@ from evcore.transport import (
     OutgoingMessage,
     QueueOptions,
     Subscription,
-    Transport,
 )
 from evcore_kombu import KombuTransport
-from evcore_redis import RedisTransport
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.kombu, pytest.mark.redis]
 
 #: The database of these tests: its number is part of every channel name.
 KOMBU_DB = 10
@@ -59,13 +57,6 @@ def bridge(bridge_url: str) -> Iterator[KombuTransport]:
     transport.close()
 
 
-@pytest.fixture
-def native(native_url: str) -> Iterator[RedisTransport]:
-    transport = RedisTransport.from_url(native_url)
-    yield transport
-    transport.close()
-
-
 def _collect(
     subscription: Subscription, count: int, timeout: float = 10.0
 ) -> list[IncomingMessage]:
@@ -78,38 +69,6 @@ def _collect(
 
 def _queue(exchange_name: str) -> QueueOptions:
     return QueueOptions(f"{exchange_name}.q{time.monotonic_ns()}")
-
-
-MESSAGES = [
-    OutgoingMessage(
-        "task.succeeded",
-        b'{"type": "task-succeeded", "uuid": "abc", "result": "42"}',
-        headers={"hostname": "w1@host"},
-    ),
-    OutgoingMessage("task.multi", b'[{"type": "task-received"}, {"type": "task-started"}]'),
-    OutgoingMessage(
-        "worker.heartbeat",
-        '{"type": "worker-heartbeat", "note": "caf\u00e9 \u2603"}'.encode(),
-        headers={"hostname": "w2@host", "n": 2},
-    ),
-]
-
-
-def _as_received(exchange: str, message: OutgoingMessage) -> IncomingMessage:
-    return IncomingMessage(
-        body=message.body,
-        routing_key=message.routing_key,
-        exchange=exchange,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        headers=dict(message.headers),
-    )
-
-
-def test_the_bridge_reports_redis_and_dispatches_on_fanout(bridge: KombuTransport) -> None:
-    assert bridge.driver_type == "redis"
-    with Dispatcher(bridge, hostname="w1@kombu") as dispatcher:
-        assert dispatcher.exchange.type == FANOUT
 
 
 def test_published_events_use_kombus_channels_and_envelope(
@@ -148,55 +107,6 @@ def test_published_events_use_kombus_channels_and_envelope(
         "abc",
         "w1@kombu",
     )
-
-
-@pytest.mark.parametrize("direction", ["native-to-bridge", "bridge-to-native"])
-def test_messages_are_interchangeable_with_the_native_transport(
-    bridge: KombuTransport, native: RedisTransport, exchange_name: str, direction: str
-) -> None:
-    publisher: Transport = native if direction == "native-to-bridge" else bridge
-    consumer: Transport = bridge if direction == "native-to-bridge" else native
-    exchange = Exchange(exchange_name, FANOUT)
-    subscription = consumer.subscribe(exchange, "#", _queue(exchange_name))
-    try:
-        publisher.publish(exchange, MESSAGES)
-        got = _collect(subscription, len(MESSAGES))
-    finally:
-        subscription.close()
-    assert got == [_as_received(exchange_name, message) for message in MESSAGES]
-
-
-@pytest.mark.parametrize(
-    ("sender", "receiver"), [("native", "bridge"), ("bridge", "native"), ("bridge", "bridge")]
-)
-def test_events_flow_between_native_and_bridge_dispatchers_and_receivers(
-    native_url: str, bridge_url: str, exchange_name: str, sender: str, receiver: str
-) -> None:
-    urls = {"native": native_url, "bridge": bridge_url}
-    seen: list[dict[str, Any]] = []
-    with (
-        Receiver(
-            urls[receiver],
-            handlers={"*": seen.append},
-            routing_key="task.#",
-            exchange=exchange_name,
-        ) as consumer,
-        Dispatcher(
-            urls[sender],
-            hostname="w1@interop",
-            exchange=exchange_name,
-            buffer_group=["task"],
-            buffer_limit=2,
-        ) as dispatcher,
-    ):
-        dispatcher.send("worker-online", freq=2.0)  # filtered out by the binding key
-        dispatcher.send("task-received", uuid="t1")
-        dispatcher.send("task-succeeded", uuid="t1", result="42")  # fills the batch
-        assert consumer.capture(limit=2, timeout=10) == 2
-    assert [(e["type"], e["uuid"], e["hostname"]) for e in seen] == [
-        ("task-received", "t1", "w1@interop"),
-        ("task-succeeded", "t1", "w1@interop"),
-    ]
 
 
 def test_closing_a_subscription_removes_its_binding(

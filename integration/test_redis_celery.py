@@ -2,7 +2,7 @@
 
 - Celery's EventDispatcher -> evcore Receiver (every standard event type, ``task.multi``);
 - evcore Dispatcher -> Celery's EventReceiver, and Celery's State over what it received;
-- the captured Celery messages in ``wire-samples/redis.jsonl`` replayed as-is.
+- the captured Celery messages in ``tests/data/wire-samples/redis.jsonl`` replayed as-is.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from evcore import Dispatcher, Receiver
 
 pytestmark = pytest.mark.redis
 
-WIRE_SAMPLES = Path("/work/shared/reference/wire-samples/redis.jsonl")
+#: Real Celery 5.7 messages kept in the repository (tests/data/wire-samples/README.md).
+WIRE_SAMPLES = Path(__file__).resolve().parents[1] / "tests/data/wire-samples/redis.jsonl"
 
 T_OK, T_FAIL, T_RETRY, T_REVOKED = (str(uuid.uuid4()) for _ in range(4))
 TRACEBACK = (

@@ -11,7 +11,7 @@ import pika
 import pytest
 from pika import exceptions as pe
 
-from evcore import connect
+from evcore import codec, connect
 from evcore.errors import (
     ChannelError,
     ConfigurationError,
@@ -58,7 +58,8 @@ def test_defaults_as_kombu() -> None:
     assert [(e.host, e.port) for e in options.endpoints] == [("localhost", 5672)]
     assert options.confirm_publish is False
     assert options.connection_attempts == 1
-    assert options.max_message_bytes == 128 * 1024 * 1024
+    # One bound with the receivers' (evcore.codec), so nothing is sent that they would refuse.
+    assert options.max_message_bytes == codec.DEFAULT_MAX_MESSAGE_BYTES == 4 * 1024 * 1024
 
 
 def test_amqps_uses_tls_and_port_5671() -> None:

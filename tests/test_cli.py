@@ -21,8 +21,8 @@ from evcore.cli import cli
 from evcore.cli.dump import EventFilter
 from evcore.cli.dumper import Dumper, format_timestamp, human_type
 from evcore.cli.monitor import Monitor, RateMeter
-from evcore.cli.simulator import ClusterSimulator, TaskKind
-from evcore.cli.view import Snapshot, format_age, render, task_rows_that_fit
+from evcore.cli.view import ConnectionStatus, Snapshot, format_age, render, task_rows_that_fit
+from evcore.simulator import ClusterSimulator, TaskKind
 from evcore.transport import Exchange, QueueOptions
 from evcore_memory import MemoryBus
 
@@ -457,13 +457,13 @@ def test_monitor_reports_a_lost_connection_and_recovers(bus: MemoryBus, bus_url:
         a_small_cluster(bus_url)
         assert wait_until(lambda: monitor.snapshot(10).events == 6)
         bus.set_offline()
-        assert wait_until(lambda: not monitor.snapshot(10).link.connected)
+        assert wait_until(lambda: not monitor.snapshot(10).connection.connected)
         lost = monitor.snapshot(10)
-        assert lost.link.ever_connected and "offline" in (lost.link.error or "")
+        assert lost.connection.ever_connected and "offline" in (lost.connection.error or "")
         assert "connection lost" in render_text(lost)
         bus.set_offline(False)
-        assert wait_until(lambda: monitor.snapshot(10).link.connected)
-        assert monitor.snapshot(10).link.reconnects >= 1
+        assert wait_until(lambda: monitor.snapshot(10).connection.connected)
+        assert monitor.snapshot(10).connection.reconnects >= 1
         a_small_cluster(bus_url)
         back = monitor.snapshot(10)
         assert wait_until(lambda: monitor.snapshot(10).events == 12), back
@@ -495,7 +495,7 @@ def test_view_formats_ages_and_fits_rows_to_the_screen() -> None:
         "3m05s",
         "2h07m",
     ]
-    assert task_rows_that_fit(40, workers=3) == 40 - 8 - 3
+    assert task_rows_that_fit(40, workers=3) == 40 - 9 - 3
     assert task_rows_that_fit(5, workers=3) == 1
 
 
@@ -506,3 +506,43 @@ def test_rate_meter_averages_over_its_window() -> None:
     assert meter.update(30, now=103.0) == pytest.approx(10.0)
     # Samples older than the window stop counting.
     assert meter.update(30, now=110.0) == pytest.approx(0.0)
+
+
+def test_top_rows_say_who_runs_a_task_and_why_it_failed() -> None:
+    from evcore.cli.monitor import task_row
+    from evcore.cli.view import TASKS_LEGEND, tasks_table
+    from evcore.state import State
+
+    state = State()
+    now = time.time()
+    events = [
+        ("task-sent", "p1", "client@h", {"name": "demo.wait"}),
+        ("task-sent", "f1", "client@h", {"name": "demo.fail"}),
+        ("task-received", "f1", "w1@h", {"name": "demo.fail"}),
+        ("task-failed", "f1", "w1@h", {"exception": "ValueError('bad input')"}),
+    ]
+    for clock, (type_, uuid_, host, fields) in enumerate(events, 1):
+        state.event(
+            {"type": type_, "uuid": uuid_, "hostname": host, "timestamp": now - 10 + clock,
+             "clock": clock, "local_received": now, **fields}
+        )
+    pending, failed = (task_row(state.tasks[key], now) for key in ("p1", "f1"))
+    assert (pending.state, pending.host, pending.exception) == ("PENDING", None, None)
+    assert (failed.state, failed.host) == ("FAILURE", "w1@h")
+    assert failed.exception == "ValueError('bad input')"
+    console = Console(file=io.StringIO(), width=200)
+    console.print(tasks_table([pending, failed]))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert lines[0].split() == ["STATE", "TASK", "UUID", "WORKER", "RUNTIME", "AGE", "EXCEPTION"]
+    assert lines[1].split()[:4] == ["PENDING", "demo.wait", "p1", "-"]
+    assert "client@h" not in lines[1]
+    assert lines[2].split()[:4] == ["FAILURE", "demo.fail", "f1", "w1@h"]
+    assert lines[2].rstrip().endswith("ValueError('bad input')")
+    assert "AGE" in TASKS_LEGEND and "newest" in TASKS_LEGEND
+    assert TASKS_LEGEND in render_text(Snapshot("t", ConnectionStatus(True), 0, 0.0, 0, 0))
+
+
+def test_help_texts_carry_no_markup() -> None:
+    for command in ([], ["demo"], ["top"], ["dump"], ["transports"]):
+        text = invoke(*command, "--help").output
+        assert "`" not in text and ":class:" not in text and "\x1b" not in text

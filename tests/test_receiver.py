@@ -15,7 +15,8 @@ from evcore.transport import Exchange, OutgoingMessage
 from evcore_memory import MemoryBus
 
 EXCHANGE = Exchange("celeryev", "topic")
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "wire-samples"
+#: Real Celery 5.7 messages kept in the repository (data/wire-samples/README.md).
+SAMPLES = Path(__file__).resolve().parent / "data" / "wire-samples"
 
 
 def raw_publish(url: str, key: str, body: bytes, content_type: str = "application/json") -> None:

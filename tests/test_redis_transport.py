@@ -324,9 +324,10 @@ def test_refused_connection_is_connection_lost_and_transport_stays_usable() -> N
     )
     exchange = Exchange("ev", FANOUT)
     for _ in range(2):
-        with pytest.raises(ConnectionLost, match="publishing"):
+        # A broker never reached is named as such, not as a connection lost while working.
+        with pytest.raises(ConnectionLost, match=r"^could not connect to Redis at 127\.0\.0\.1:"):
             transport.publish(exchange, [OutgoingMessage("a", b"{}")])
-        with pytest.raises(ConnectionLost, match="subscribing"):
+        with pytest.raises(ConnectionLost, match=r"^could not connect to Redis at 127\.0\.0\.1:"):
             transport.subscribe(exchange, "#", QueueOptions("q"))
     transport.close()
     with pytest.raises(ConnectionLost, match="closed"):

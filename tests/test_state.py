@@ -28,8 +28,8 @@ from evcore.state import (
 )
 from evcore.state.snapshot import SnapshotError
 
-#: shared/ lies beside the repository (here and in CI).
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "wire-samples"
+#: Real Celery 5.7 messages kept in the repository (data/wire-samples/README.md).
+SAMPLES = Path(__file__).resolve().parent / "data" / "wire-samples"
 
 _clock = iter(range(1, 10**9))
 
@@ -534,7 +534,6 @@ def _sample_events(name: str) -> list[dict[str, Any]]:
     return events
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason="wire samples not available")
 @pytest.mark.parametrize("sample", ["redis.jsonl", "amqp.jsonl"])
 def test_wire_samples(sample: str) -> None:
     state = State()
@@ -552,7 +551,6 @@ def test_wire_samples(sample: str) -> None:
     assert progressed
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason="wire samples not available")
 def test_wire_samples_redis_details() -> None:
     state = State()
     for event in _sample_events("redis.jsonl"):

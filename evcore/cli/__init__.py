@@ -21,7 +21,7 @@ from evcore.cli.transports_cmd import transports
 def cli(verbose: int) -> None:
     """Watch and simulate Celery events over any evcore transport.
 
-    Start with `evcore demo`; point `evcore top` or `evcore dump` at a broker URL
+    Start with "evcore demo"; point "evcore top" or "evcore dump" at a broker URL
     (or set EVCORE_URL) to watch a real cluster.
     """
     configure_logging(verbose)

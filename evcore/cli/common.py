@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from evcore.cli.plain import visible
 from evcore.errors import ConnectionLost, EvcoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -76,4 +77,5 @@ class EvcoreGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EvcoreError as exc:
-            raise click.ClickException(one_line(str(exc)) or type(exc).__name__) from exc
+            message = visible(one_line(str(exc)))
+            raise click.ClickException(message or type(exc).__name__) from exc

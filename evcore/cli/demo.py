@@ -10,9 +10,9 @@ from rich.console import Console
 
 from evcore.cli.common import BrokerUnreachable, safe_url
 from evcore.cli.monitor import Monitor
-from evcore.cli.simulator import ClusterSimulator
 from evcore.cli.top import ONCE_SECONDS, raise_failure, show
 from evcore.errors import ConnectionLost
+from evcore.simulator import ClusterSimulator
 
 
 class SimulatorThread:

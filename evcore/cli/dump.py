@@ -14,6 +14,7 @@ import click
 
 from evcore.cli.common import safe_url, url_argument
 from evcore.cli.dumper import Dumper
+from evcore.cli.plain import visible
 from evcore.cli.source import EventSource
 from evcore.event import group_from
 from evcore.receiver import ConnectionState
@@ -35,7 +36,7 @@ class EventFilter:
 
 
 def _say(message: str) -> None:
-    click.echo(f"-> {message}", err=True)
+    click.echo(f"-> {visible(message)}", err=True)
 
 
 def _report(connection: ConnectionState) -> None:
@@ -84,7 +85,8 @@ def dump(
 ) -> None:
     """Print the events published on the broker at URL, one line each, as they arrive.
 
-    The lines are those of ``celery events --dump``. URL defaults to $EVCORE_URL.
+    The lines are those of 'celery events --dump', with control characters shown as
+    escapes such as \\x1b. URL defaults to $EVCORE_URL.
     """
     keep = EventFilter(types, groups)
     dumper = Dumper()
@@ -97,7 +99,12 @@ def dump(
             for event in source.receiver.itercapture(timeout=timeout):
                 if not keep(event):
                     continue
-                line = json.dumps(event, default=str) if as_json else dumper.format(event)
+                # ensure_ascii: every control character and non-ASCII one is a \u escape.
+                line = (
+                    json.dumps(event, default=str, ensure_ascii=True)
+                    if as_json
+                    else dumper.format(event)
+                )
                 click.echo(line)
                 printed += 1
                 if limit is not None and printed >= limit:

@@ -3,6 +3,8 @@
 ``<hostname> [<timestamp>] <human type>: <task> <fields>`` for task events, where ``<task>``
 is ``name(uuid) args=... kwargs=...`` remembered from the task's ``task-sent`` or
 ``task-received``, and ``<hostname> [<timestamp>] <human type>: <fields>`` for the others.
+Each line is passed through :func:`~evcore.cli.plain.visible`: whatever the event holds, no
+control character or escape sequence reaches the terminal.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
+from evcore.cli.plain import visible
 from evcore.event import group_from
 
 #: How many tasks' descriptions are remembered for their later events.
@@ -69,7 +72,7 @@ class Dumper:
         return description
 
     def format(self, event: dict[str, Any]) -> str:
-        """The dump line of ``event`` (which is left unchanged)."""
+        """The dump line of ``event`` (which is left unchanged), controls made visible."""
         fields = dict(event)
         type = str(fields.pop("type", "")).lower()
         hostname = fields.pop("hostname", "?")
@@ -82,4 +85,4 @@ class Dumper:
         else:
             rest = format_fields(fields)
             line = f"{head}{':' if rest else ''} {rest}"
-        return line.rstrip()
+        return visible(line.rstrip())

@@ -10,8 +10,7 @@ from itertools import islice
 from typing import Any
 
 from evcore.cli.source import EventSource
-from evcore.cli.view import Link as LinkView
-from evcore.cli.view import Snapshot, TaskRow, WorkerRow
+from evcore.cli.view import ConnectionStatus, Snapshot, TaskRow, WorkerRow
 from evcore.state import State, Task, Worker
 
 #: The window the event rate is averaged over, in seconds.
@@ -51,18 +50,23 @@ def worker_row(worker: Worker, now: float) -> WorkerRow:
 
 
 def task_row(task: Task, now: float) -> TaskRow:
-    """What the view shows of one task."""
+    """What the view shows of one task.
+
+    ``host`` is the worker that received the task: a task only sent so far has none (the
+    hostname of its ``task-sent`` is the client's, not a worker's).
+    """
     worker = task.worker
-    host = worker.hostname if worker is not None else task.client
     timestamp = _number(task.timestamp)
     name = task.name
+    exception = task.exception
     return TaskRow(
         uuid=str(task.uuid),
         name=None if name is None else str(name),
         state=str(task.state),
-        host=None if host is None else str(host),
+        host=None if worker is None else str(worker.hostname),
         runtime=_number(task.runtime),
         age=None if timestamp is None else now - timestamp,
+        exception=None if exception is None else str(exception),
     )
 
 
@@ -124,11 +128,11 @@ class Monitor:
         """Whether the Receiver thread is still receiving."""
         return self._thread.is_alive()
 
-    def link_view(self) -> LinkView:
+    def connection_status(self) -> ConnectionStatus:
         connection = self.source.connection
         was_up = connection.connected or connection.losses > 0
         self._ever_connected = self._ever_connected or was_up
-        return LinkView(
+        return ConnectionStatus(
             connected=connection.connected,
             error=connection.error,
             for_seconds=time.monotonic() - connection.since,
@@ -151,7 +155,7 @@ class Monitor:
         worker_rows, rows, events, seen, kept = state.freeze_while(take)
         return Snapshot(
             title=self.title,
-            link=self.link_view(),
+            connection=self.connection_status(),
             events=events,
             rate=self.rate.update(events),
             tasks_seen=max(seen, kept),

@@ -11,6 +11,7 @@ from rich.console import Console
 from evcore.cli.common import safe_url, url_argument
 from evcore.cli.display import print_once, run_live
 from evcore.cli.monitor import Monitor
+from evcore.cli.plain import visible
 from evcore.errors import EvcoreError
 
 #: Seconds ``--once`` collects events for, unless ``--duration`` says otherwise.
@@ -24,7 +25,7 @@ def raise_failure(monitor: Monitor) -> None:
         return
     if isinstance(failure, EvcoreError):
         raise failure
-    raise click.ClickException(f"the event receiver stopped: {failure!r}")
+    raise click.ClickException(f"the event receiver stopped: {visible(repr(failure))}")
 
 
 def show(

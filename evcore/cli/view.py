@@ -1,6 +1,8 @@
 """Draw a monitor snapshot with rich: a status line, the workers and the recent tasks.
 
 The snapshot is plain data taken from the State under its lock; drawing it needs no lock.
+Every string that came from the broker is drawn through :func:`cell` (plain
+:class:`~rich.text.Text`, controls made visible), never as console markup.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
+
+from evcore.cli.plain import CELL_LIMIT, visible
 
 STATE_STYLES = {
     "SUCCESS": "green",
@@ -24,8 +28,11 @@ STATE_STYLES = {
 }
 
 #: Lines a frame uses besides the worker and task rows: title, status, its error line,
-#: two blank lines, two table headers and the key help.
-FIXED_LINES = 8
+#: two blank lines, two table headers, the legend and the key help.
+FIXED_LINES = 9
+
+#: The line under the tasks table saying what it shows.
+TASKS_LEGEND = "tasks: newest event first; AGE: time since the task's last event"
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,12 @@ class TaskRow:
     host: str | None
     runtime: float | None
     age: float | None
+    #: The exception of a failed or retried task (``ValueError('x')``), as sent.
+    exception: str | None = None
 
 
 @dataclass(frozen=True)
-class Link:
+class ConnectionStatus:
     """Connection facts shown on the status line."""
 
     connected: bool
@@ -65,7 +74,7 @@ class Snapshot:
     """Everything one frame shows."""
 
     title: str
-    link: Link
+    connection: ConnectionStatus
     events: int
     rate: float
     tasks_seen: int
@@ -73,6 +82,11 @@ class Snapshot:
     workers: Sequence[WorkerRow] = ()
     tasks: Sequence[TaskRow] = ()
     notes: Sequence[str] = field(default_factory=tuple)
+
+
+def cell(value: object, style: str = "", limit: int = CELL_LIMIT) -> Text:
+    """A table cell or line showing ``value`` as plain text (see :mod:`evcore.cli.plain`)."""
+    return Text(visible(value, limit), style=style)
 
 
 def format_age(seconds: float | None) -> str:
@@ -98,13 +112,13 @@ def format_runtime(seconds: float | None) -> str:
 
 
 def status_line(snapshot: Snapshot) -> Text:
-    link = snapshot.link
+    status = snapshot.connection
     text = Text()
-    if link.connected:
+    if status.connected:
         text.append("● connected", style="bold green")
-    elif link.ever_connected:
+    elif status.ever_connected:
         text.append(
-            f"✖ connection lost {format_age(link.for_seconds)} ago, retrying", style="bold red"
+            f"✖ connection lost {format_age(status.for_seconds)} ago, retrying", style="bold red"
         )
     else:
         text.append("○ connecting, retrying", style="bold yellow")
@@ -113,10 +127,10 @@ def status_line(snapshot: Snapshot) -> Text:
         f"  events {snapshot.events} ({snapshot.rate:.1f}/s)"
         f"  tasks {snapshot.tasks_seen}"
         f"  workers {alive}/{len(snapshot.workers)} online"
-        f"  reconnects {link.reconnects}"
+        f"  reconnects {status.reconnects}"
     )
-    if not link.connected and link.error:
-        text.append(f"\n  {link.error}", style="red")
+    if not status.connected and status.error:
+        text.append(f"\n  {visible(status.error, CELL_LIMIT)}", style="red")
     return text
 
 
@@ -132,7 +146,7 @@ def workers_table(rows: Sequence[WorkerRow]) -> Table:
         status = Text("ONLINE", "green") if row.online else Text("OFFLINE", "red")
         load = " ".join(f"{value:.2f}" for value in row.loadavg) if row.loadavg else "-"
         table.add_row(
-            row.hostname,
+            cell(row.hostname),
             status,
             format_age(row.heartbeat_age),
             "-" if row.active is None else str(row.active),
@@ -152,30 +166,33 @@ def tasks_table(rows: Sequence[TaskRow]) -> Table:
     table.add_column("WORKER", ratio=2, no_wrap=True, overflow="ellipsis")
     table.add_column("RUNTIME", justify="right", width=8, no_wrap=True)
     table.add_column("AGE", justify="right", width=6, no_wrap=True)
+    table.add_column("EXCEPTION", ratio=2, no_wrap=True, overflow="ellipsis")
     for row in rows:
         table.add_row(
-            Text(row.state, STATE_STYLES.get(row.state, "bold")),
-            row.name or "?",
-            row.uuid,
-            row.host or "*NONE*",
+            cell(row.state, STATE_STYLES.get(row.state, "bold"), limit=8),
+            cell(row.name or "?"),
+            cell(row.uuid),
+            cell(row.host or "-"),
             format_runtime(row.runtime),
             format_age(row.age),
+            cell(row.exception or "", "red"),
         )
     if not rows:
-        table.add_row("", Text("no tasks seen yet", style="dim"), "", "", "", "")
+        table.add_row("", Text("no tasks seen yet", style="dim"), "", "", "", "", "")
     return table
 
 
 def render(snapshot: Snapshot, interactive: bool = True) -> RenderableType:
     """The whole frame for ``snapshot``."""
     parts: list[RenderableType] = [
-        Text(snapshot.title, style="bold"),
+        cell(snapshot.title, "bold"),
         status_line(snapshot),
-        *(Text(note, style="dim") for note in snapshot.notes),
+        *(cell(note, "dim") for note in snapshot.notes),
         Text(),
         workers_table(snapshot.workers),
         Text(),
         tasks_table(snapshot.tasks),
+        Text(TASKS_LEGEND, style="dim"),
     ]
     if interactive:
         parts.append(Text("q quit", style="dim"))

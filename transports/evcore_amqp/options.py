@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from evcore.codec import DEFAULT_MAX_MESSAGE_BYTES
 from evcore.errors import ConfigurationError, InvalidURL
 from evcore.transport import QueueOptions
 
@@ -27,8 +28,6 @@ __all__ = [
 SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 DEFAULT_PORT = 5672
 DEFAULT_TLS_PORT = 5671
-#: RabbitMQ's own default ``max_message_size`` (3.8 and later): 128 MiB.
-DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})

@@ -69,7 +69,7 @@ def translate(exc: BaseException, doing: str, settings: RedisSettings) -> Transp
     Authentication and command refusals (``WRONGPASS``, ``NOPERM``, ...) and a server
     certificate that fails verification become :class:`ChannelError`: reconnecting cannot
     cure them. Everything else (refused, reset, timed out, server loading or gone) is a
-    :class:`ConnectionLost`.
+    :class:`ConnectionLost`, worded for ``doing == "connecting"`` as a broker not reached.
     """
     errors = load_redis().exceptions
     where = settings.address
@@ -83,6 +83,8 @@ def translate(exc: BaseException, doing: str, settings: RedisSettings) -> Transp
             f"the TLS certificate of Redis at {where} failed verification while {doing}: {exc} "
             "(set ssl_ca_certs to the CA that signed it, or ssl_cert_reqs=none to skip the check)"
         )
+    if doing == "connecting":
+        return ConnectionLost(f"could not connect to Redis at {where}: {exc}")
     return ConnectionLost(f"lost the connection to Redis at {where} while {doing}: {exc}")
 
 

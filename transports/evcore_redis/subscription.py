@@ -57,6 +57,11 @@ class RedisSubscription:
     def _attach(self) -> None:
         connection = self._connection
         try:
+            connection.connect()  # its own step, so an unreachable broker is named as such
+        except self._errors as exc:
+            connection.disconnect()
+            raise translate(exc, "connecting", self._settings) from exc
+        try:
             connection.send_command("PSUBSCRIBE", *self.patterns)
             for _ in self.patterns:
                 reply = connection.read_response()

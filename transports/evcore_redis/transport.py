@@ -92,6 +92,12 @@ class RedisTransport:
             connection = self._connection = connection_for(
                 self.settings, self.settings.health_check_interval
             )
+            try:
+                connection.connect()  # its own step, so an unreachable broker is named as such
+            except self._errors as exc:
+                connection.disconnect()
+                self._connection = None
+                raise translate(exc, "connecting", self.settings) from exc
         refusal: BaseException | None = None
         try:
             connection.send_packed_command([b"".join(parts)])
@@ -102,6 +108,7 @@ class RedisTransport:
                     refusal = refusal or exc
         except self._errors as exc:
             connection.disconnect()
+            self._connection = None  # the next publish connects afresh, as a step of its own
             raise translate(exc, "publishing", self.settings) from exc
         if refusal is not None:
             raise translate(refusal, "PUBLISH", self.settings) from refusal

@@ -5,6 +5,10 @@ one transport. Workers batch their task events (``task.multi``, ``buffer_group={
 and flush them once per tick, as a worker's event loop does; the client publishes
 ``task-sent`` un-batched from a disabled dispatcher, as Celery's producer does. Tasks
 succeed, fail, retry, get revoked and spawn children.
+
+A tool for demos (``evcore demo`` runs it under the live monitor) and tests (a realistic
+stream from known seeds); it needs no optional library, so tests and embedders use it without
+the ``cli`` extra.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ class ClusterSimulator:
     """Publish the events of ``workers`` simulated workers running ``rate`` tasks a second,
     of the ``kinds`` given (by weight).
 
-    >>> from evcore.cli.simulator import ClusterSimulator
+    >>> from evcore.simulator import ClusterSimulator
     >>> simulator = ClusterSimulator("memory://docs-simulator", workers=2, rate=5, seed=1)
     >>> simulator.run(duration=0.5)
     >>> simulator.stats.tasks > 0
