@@ -421,6 +421,11 @@ class Dispatcher:
                 self._transport_closed = True
                 self.transport.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` (or ``disable()``) ran and ``enable()`` did not since."""
+        return self._closed
+
     def __enter__(self) -> Dispatcher:
         return self
 

@@ -393,6 +393,11 @@ class Receiver:
         if self._owns_transport:
             self.transport.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` ran."""
+        return self._closed
+
     def __enter__(self) -> Receiver:
         return self
 
