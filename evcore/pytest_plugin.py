@@ -5,9 +5,9 @@ automatically)::
 
     pytest_plugins = ["evcore.pytest_plugin"]
 
-Fixtures: ``evcore_bus_url``, ``evcore_bus``, ``evcore_dispatcher``, ``evcore_receiver``,
-``evcore_recorder``, ``evcore_state``, and for Celery (imported only when used)
-``evcore_celery_app`` and ``evcore_celery_worker``.
+Fixtures: ``evcore_test_bus``, ``evcore_bus_url``, ``evcore_bus``, ``evcore_dispatcher``,
+``evcore_receiver``, ``evcore_recorder``, ``evcore_state``, and for Celery (imported only
+when used) ``evcore_celery_app`` and ``evcore_celery_worker``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -66,33 +67,50 @@ def close_leaked(bus: MemoryBus, where: str) -> list[str]:
     return [repr(endpoint) for endpoint in leaked]
 
 
+@dataclass
+class TestBus:
+    """What the plugin sets up for one test: a bus and the recorder listening to it."""
+
+    url: str
+    bus: MemoryBus
+    recorder: EventRecorder
+
+
 @pytest.fixture
-def evcore_bus_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A ``memory://`` URL of a bus of this test's own. At teardown, dispatchers and
-    receivers left open on it are closed with an :class:`EvcoreLeakWarning`."""
+def evcore_test_bus(request: pytest.FixtureRequest) -> Iterator[TestBus]:
+    """The test's bus, recorded from its creation, so an event published before any other
+    fixture is set up is recorded too. At teardown, dispatchers and receivers left open on
+    it are closed with an :class:`EvcoreLeakWarning`."""
     url = unique_bus_url()
     bus = get_bus(url.removeprefix("memory://"))
-    yield url
+    recorder = EventRecorder(url)
+    yield TestBus(url, bus, recorder)
+    recorder.close()
     close_leaked(bus, request.node.nodeid)
     bus.reset()
 
 
 @pytest.fixture
-def evcore_bus(evcore_bus_url: str) -> MemoryBus:
+def evcore_bus_url(evcore_test_bus: TestBus) -> str:
+    """A ``memory://`` URL of a bus of this test's own, to point code under test at."""
+    return evcore_test_bus.url
+
+
+@pytest.fixture
+def evcore_bus(evcore_test_bus: TestBus) -> MemoryBus:
     """The :class:`~evcore_memory.MemoryBus` behind ``evcore_bus_url`` (to take it
     offline with ``set_offline()``, for example)."""
-    return get_bus(evcore_bus_url.removeprefix("memory://"))
+    return evcore_test_bus.bus
 
 
 @pytest.fixture
-def evcore_recorder(evcore_bus_url: str) -> Iterator[EventRecorder]:
-    """Records every event published on the test's bus from the start of the test."""
-    with EventRecorder(evcore_bus_url) as recorder:
-        yield recorder
+def evcore_recorder(evcore_test_bus: TestBus) -> EventRecorder:
+    """Every event published on the test's bus since the bus was made."""
+    return evcore_test_bus.recorder
 
 
 @pytest.fixture
-def evcore_dispatcher(evcore_bus_url: str, evcore_recorder: EventRecorder) -> Iterator[Dispatcher]:
+def evcore_dispatcher(evcore_bus_url: str) -> Iterator[Dispatcher]:
     """A :class:`~evcore.Dispatcher` on the test's bus, sending each event at once
     (hostname ``pytest@evcore``)."""
     with Dispatcher(evcore_bus_url, hostname=TEST_HOSTNAME) as dispatcher:
