@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from evcore import codec
+from evcore import _live, codec
 from evcore._connect import resolve_transport
 from evcore.buffer import DropPolicy, OfflineBuffer
 from evcore.clock import LamportClock, default_clock
@@ -142,6 +142,7 @@ class Dispatcher:
             logger.warning("evcore dispatcher disabled: %s", self.disabled_reason)
         elif enabled:
             self.enable()
+        _live.track(self)
 
     # -- switching on and off -------------------------------------------------------------
 

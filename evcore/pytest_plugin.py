@@ -12,7 +12,6 @@ when used) ``evcore_celery_app`` and ``evcore_celery_worker``.
 
 from __future__ import annotations
 
-import gc
 import os
 import uuid
 import warnings
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from evcore import _live
 from evcore.dispatcher import Dispatcher
 from evcore.receiver import Receiver
 from evcore.recording import EventRecorder, LiveState
@@ -45,13 +45,13 @@ def unique_bus_url(prefix: str = "pytest") -> str:
 
 
 def _open_on(bus: MemoryBus) -> list[Dispatcher | Receiver]:
-    """The dispatchers and receivers still open on ``bus`` (found among live objects)."""
+    """The dispatchers and receivers still open on ``bus``."""
     found: list[Dispatcher | Receiver] = []
-    for obj in gc.get_objects():
-        if isinstance(obj, Dispatcher | Receiver) and not obj.closed:
-            transport = obj.transport
+    for endpoint in _live.alive():
+        if isinstance(endpoint, Dispatcher | Receiver) and not endpoint.closed:
+            transport = endpoint.transport
             if isinstance(transport, MemoryTransport) and transport.bus is bus:
-                found.append(obj)
+                found.append(endpoint)
     return found
 
 
