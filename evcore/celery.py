@@ -11,6 +11,7 @@ Needs Celery (``pip install 'evcore[celery]'``); the rest of evcore never import
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -84,25 +85,30 @@ class Dispatcher:
         #: Celery's code looks for a broker connection here (heartbeats, closing): none.
         self.connection = None
         conf = self.app.conf
-        try:
-            self.dispatcher = EvcoreDispatcher(
-                events_url(self.app),
-                hostname=hostname,
-                groups=groups,
-                enabled=enabled,
-                buffer_while_offline=buffer_while_offline,
-                buffer_group=buffer_group,
-                buffer_limit=buffer_limit,
-                on_send_buffered=on_send_buffered,
-                serializer=serializer or conf.event_serializer,
-                delivery_mode=delivery_mode,
-                exchange=conf.event_exchange,
-            )
-        except TransportNotFound as exc:
-            raise _open_failed(self.app, exc) from exc
+        self._options: dict[str, Any] = {
+            "hostname": hostname,
+            "groups": groups,
+            "buffer_while_offline": buffer_while_offline,
+            "buffer_group": buffer_group,
+            "buffer_limit": buffer_limit,
+            "on_send_buffered": on_send_buffered,
+            "serializer": serializer or conf.event_serializer,
+            "delivery_mode": delivery_mode,
+        }
+        self.url = events_url(self.app)
+        self.dispatcher = self._open(self.url, enabled)
+        self._reopening = threading.Lock()
         events = self.app.events
         if isinstance(events, Events):
             events.opened(self)
+
+    def _open(self, url: str, enabled: bool) -> EvcoreDispatcher:
+        try:
+            return EvcoreDispatcher(
+                url, enabled=enabled, exchange=self.app.conf.event_exchange, **self._options
+            )
+        except TransportNotFound as exc:
+            raise _open_failed(self.app, exc) from exc
 
     # Celery's code reads and changes these on the dispatcher itself.
     @property
@@ -154,7 +160,20 @@ class Dispatcher:
         utcoffset: Callable[[], float] = local_utcoffset,
         **options: Any,
     ) -> dict[str, Any] | None:
-        """Publish one event at once (how clients send ``task-sent``); ``producer`` unused."""
+        """Publish one event at once (how clients send ``task-sent``); ``producer`` unused.
+
+        As with Celery's, this works after :meth:`close` too: the app's client dispatcher
+        lives as long as the app, so it opens its transport again when it was closed or
+        when ``evcore_events_url`` changed (as tests do, one bus per test).
+        """
+        url = events_url(self.app)
+        if url != self.url or self.dispatcher.closed:
+            with self._reopening:
+                if url != self.url or self.dispatcher.closed:
+                    groups = self.dispatcher.groups
+                    self.dispatcher.close()
+                    self.url, self.dispatcher = url, self._open(url, enabled=False)
+                    self.dispatcher.groups = groups
         return self.dispatcher.publish(
             type, fields, blind=blind, retry=retry, retry_policy=retry_policy,
             utcoffset=utcoffset,

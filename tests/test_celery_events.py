@@ -145,6 +145,24 @@ def test_events_class_closes_what_it_opened() -> None:
     assert first.dispatcher.closed and second.dispatcher.closed
 
 
+def test_the_clients_dispatcher_follows_the_setting_and_outlives_close() -> None:
+    """``app.amqp`` keeps one dispatcher for ``task-sent`` as long as the app lives: it must
+    still publish after ``app.events.close()`` and to a new ``evcore_events_url``."""
+    app = Celery("client", events="evcore.celery:Events")
+    first_url, second_url = unique_bus_url("first"), unique_bus_url("second")
+    app.conf.evcore_events_url = first_url
+    client = app.events.Dispatcher(enabled=False)
+    with EventRecorder(first_url) as first, EventRecorder(second_url) as second:
+        client.publish("task-sent", {"uuid": "t1"}, producer=None)
+        app.events.close()
+        client.publish("task-sent", {"uuid": "t2"}, producer=None)
+        app.conf.evcore_events_url = second_url
+        client.publish("task-sent", {"uuid": "t3"}, producer=None)
+        assert [event["uuid"] for event in first.events] == ["t1", "t2"]
+        assert [event["uuid"] for event in second.events] == ["t3"]
+    app.events.close()
+
+
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
