@@ -113,15 +113,15 @@ def test_the_worker_goes_online_and_celerys_own_state_follows(
     assert type(state).__module__ == "celery.events.state"
 
 
-def test_remote_control_can_switch_task_events_off(app: Celery) -> None:
-    """The worker's dispatcher keeps Celery's ``groups`` set, which control commands edit."""
-    dispatcher = app.events.Dispatcher(enabled=False)
-    try:
-        dispatcher.groups.add("worker")
-        assert dispatcher.send("task-received", uuid="x") is None  # disabled
-        assert dispatcher.groups == {"worker"}
-    finally:
-        dispatcher.close()
+def test_the_groups_set_filters_as_remote_control_edits_it(app: Celery, url: str) -> None:
+    """Celery's ``enable_events``/``disable_events`` commands edit ``dispatcher.groups`` in
+    place; the evcore dispatcher behind it must follow."""
+    with EventRecorder(url) as recorder, app.events.Dispatcher(hostname="g@host") as dispatcher:
+        dispatcher.groups.add("worker")  # what disable_events leaves: worker events only
+        assert dispatcher.send("task-received", uuid="g1") is None
+        dispatcher.groups.add("task")  # enable_events
+        dispatcher.send("task-received", uuid="g2")
+        assert [event.get("uuid") for event in recorder.events] == ["g2"]
 
 
 def test_an_unknown_scheme_names_the_setting() -> None:
