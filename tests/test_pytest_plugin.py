@@ -137,6 +137,8 @@ def test_a_receiver_or_dispatcher_left_open_is_closed_with_a_warning(
 ) -> None:
     project.makepyfile(
         """
+        import threading
+
         from evcore import Dispatcher, Receiver
 
         left = []
@@ -146,9 +148,15 @@ def test_a_receiver_or_dispatcher_left_open_is_closed_with_a_warning(
             left.append(Dispatcher(evcore_bus_url, hostname="leaky@host"))
             with Receiver(evcore_bus_url):  # closed: no warning
                 pass
+            capturing = Receiver(evcore_bus_url)  # capturing forever in a thread
+            left.append(threading.Thread(target=capturing.capture, daemon=True))
+            left[-1].start()
 
         def test_they_were_closed():
-            assert [endpoint.closed for endpoint in left] == [True, True]
+            receiver, dispatcher, thread = left
+            assert receiver.closed and dispatcher.closed
+            thread.join(timeout=5)
+            assert not thread.is_alive()
         """
     )
     result = project.runpytest("-p", "no:cacheprovider")
@@ -162,7 +170,7 @@ def test_a_receiver_or_dispatcher_left_open_is_closed_with_a_warning(
         "memory://pytest-",
     ]:
         assert expected in output
-    assert output.count("EvcoreLeakWarning:") == 2
+    assert output.count("EvcoreLeakWarning:") == 3
 
 
 ISOLATION_TESTS = """
