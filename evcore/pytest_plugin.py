@@ -12,6 +12,7 @@ when used) ``evcore_celery_app`` and ``evcore_celery_worker``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 import warnings
@@ -161,9 +162,9 @@ def configure_celery_app(app: Any, events_url: str) -> Any:
 def celery_test_worker(app: Any, events_url: str, **options: Any) -> Iterator[Any]:
     """Run Celery's in-process test worker (``celery.contrib.testing``) for ``app`` with
     its events sent to ``events_url``; ``options`` go to ``start_worker``."""
+    configure_celery_app(app, events_url)  # first: names the extra when Celery is missing
     from celery.contrib.testing.worker import start_worker  # noqa: PLC0415
 
-    configure_celery_app(app, events_url)
     options = {"pool": "solo", "perform_ping_check": False, "loglevel": "WARNING", **options}
     try:
         with start_worker(app, **options) as worker:
@@ -176,6 +177,7 @@ def celery_test_worker(app: Any, events_url: str, **options: Any) -> Iterator[An
 def evcore_celery_app() -> Any:
     """The Celery app the worker fixture runs: an empty one. Override this fixture to
     return your own app, created with ``events="evcore.celery:Events"``."""
+    importlib.import_module("evcore.celery")  # names the extra when Celery is missing
     from celery import Celery  # noqa: PLC0415
 
     return Celery(f"evcore-test-{uuid.uuid4().hex[:8]}", events="evcore.celery:Events")
