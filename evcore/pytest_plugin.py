@@ -69,7 +69,7 @@ def close_leaked(bus: MemoryBus, where: str) -> list[str]:
 
 
 @dataclass
-class TestBus:
+class IsolatedBus:
     """What the plugin sets up for one test: a bus and the recorder listening to it."""
 
     url: str
@@ -78,34 +78,34 @@ class TestBus:
 
 
 @pytest.fixture
-def evcore_test_bus(request: pytest.FixtureRequest) -> Iterator[TestBus]:
+def evcore_test_bus(request: pytest.FixtureRequest) -> Iterator[IsolatedBus]:
     """The test's bus, recorded from its creation, so an event published before any other
     fixture is set up is recorded too. At teardown, dispatchers and receivers left open on
     it are closed with an :class:`EvcoreLeakWarning`."""
     url = unique_bus_url()
     bus = get_bus(url.removeprefix("memory://"))
     recorder = EventRecorder(url)
-    yield TestBus(url, bus, recorder)
+    yield IsolatedBus(url, bus, recorder)
     recorder.close()
     close_leaked(bus, request.node.nodeid)
     bus.reset()
 
 
 @pytest.fixture
-def evcore_bus_url(evcore_test_bus: TestBus) -> str:
+def evcore_bus_url(evcore_test_bus: IsolatedBus) -> str:
     """A ``memory://`` URL of a bus of this test's own, to point code under test at."""
     return evcore_test_bus.url
 
 
 @pytest.fixture
-def evcore_bus(evcore_test_bus: TestBus) -> MemoryBus:
+def evcore_bus(evcore_test_bus: IsolatedBus) -> MemoryBus:
     """The :class:`~evcore_memory.MemoryBus` behind ``evcore_bus_url`` (to take it
     offline with ``set_offline()``, for example)."""
     return evcore_test_bus.bus
 
 
 @pytest.fixture
-def evcore_recorder(evcore_test_bus: TestBus) -> EventRecorder:
+def evcore_recorder(evcore_test_bus: IsolatedBus) -> EventRecorder:
     """Every event published on the test's bus since the bus was made."""
     return evcore_test_bus.recorder
 
