@@ -31,7 +31,7 @@ from evcore.receiver import Receiver
 from evcore.state import State
 from evcore.transport import Transport
 
-__all__ = ["EventRecorder", "LiveState", "describe_event", "matches"]
+__all__ = ["EvcoreLeakWarning", "EventRecorder", "LiveState", "describe_event", "matches"]
 
 #: Events listed in a failure message; the rest are counted.
 MAX_LISTED = 40
@@ -39,6 +39,14 @@ MAX_LISTED = 40
 MAX_LINE = 160
 #: Fields shown for each listed event besides the ones a helper was asked about.
 SHOWN_FIELDS = ("uuid", "hostname", "name", "result", "exception")
+
+class EvcoreLeakWarning(UserWarning):
+    """A test left a Dispatcher or Receiver open on its bus; the pytest plugin closed it.
+
+    Defined here rather than in the plugin so ``-W error::evcore.recording.EvcoreLeakWarning``
+    does not import the plugin before pytest loads it.
+    """
+
 
 _short = reprlib.Repr()
 _short.maxstring = 40

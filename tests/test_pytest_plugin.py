@@ -172,6 +172,12 @@ def test_a_receiver_or_dispatcher_left_open_is_closed_with_a_warning(
         assert expected in output
     assert output.count("EvcoreLeakWarning:") == 3
 
+    # As an error: the test errors at teardown, and everything is closed all the same.
+    as_error = "error::evcore.recording.EvcoreLeakWarning"
+    result = project.runpytest("-p", "no:cacheprovider", "-W", as_error)
+    result.assert_outcomes(passed=2, errors=1)
+    assert "EvcoreLeakWarning: test_a_receiver" in result.stdout.str()
+
 
 ISOLATION_TESTS = """
 import pytest
