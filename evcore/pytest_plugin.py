@@ -164,7 +164,13 @@ def celery_test_worker(app: Any, events_url: str, **options: Any) -> Iterator[An
     configure_celery_app(app, events_url)  # first: names the extra when Celery is missing
     from celery.contrib.testing.worker import start_worker  # noqa: PLC0415
 
-    options = {"pool": "solo", "perform_ping_check": False, "loglevel": "WARNING", **options}
+    options = {
+        "pool": "solo",
+        "perform_ping_check": False,
+        "loglevel": "WARNING",
+        "without_heartbeat": False,  # worker-online, heartbeats and worker-offline too
+        **options,
+    }
     try:
         with start_worker(app, **options) as worker:
             yield worker

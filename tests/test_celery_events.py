@@ -57,7 +57,7 @@ def recorder(url: str) -> Iterator[EventRecorder]:
 @pytest.fixture(scope="module")
 def app(url: str, recorder: EventRecorder) -> Iterator[Celery]:
     app = make_app()
-    with celery_test_worker(app, url, hostname=WORKER, without_heartbeat=False):
+    with celery_test_worker(app, url, hostname=WORKER):
         yield app
 
 

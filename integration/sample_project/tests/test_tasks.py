@@ -24,6 +24,7 @@ def test_a_task_succeeds_and_another_fails(evcore_celery_worker, evcore_recorder
     )
     evcore_recorder.assert_sent("task-received", uuid=ok.id, name="shop.total")
     assert evcore_state.tasks[ok.id].state == "SUCCESS"
+    assert evcore_state.tasks[ok.id].worker.alive  # the worker sent worker-online
 
     failed = evcore_recorder.wait_for("task-failed", uuid=declined.id)
     assert failed["exception"] == "PermissionError('card 4242 declined')"
