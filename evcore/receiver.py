@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
-from evcore import codec
+from evcore import _live, codec
 from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
@@ -185,6 +185,7 @@ class Receiver:
             self._connection_down(exc)
         else:
             self._connection_up(reconnected=False)
+        _live.track(self)
 
     # -- connection state -----------------------------------------------------------------
 
@@ -485,6 +486,11 @@ class Receiver:
         self._drop_subscription()
         if self._owns_transport:
             self.transport.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` ran."""
+        return self._closed
 
     def __enter__(self) -> Receiver:
         return self
