@@ -253,8 +253,10 @@ class MemoryStreamSubscription:
                 if where is None and acked is not None:
                     cursor = acked + 1
                 else:
-                    if where is None:
-                        where = start.get(partition, EARLIEST) if isinstance(start, Mapping) else start
+                    if where is None and isinstance(start, Mapping):
+                        where = start.get(partition, EARLIEST)
+                    elif where is None:
+                        where = start
                     cursor = self._cursor_at(log, where)
                 self._cursors[partition] = cursor
 
@@ -317,10 +319,10 @@ class MemoryStreamSubscription:
         deadline = None if timeout is None else time.monotonic() + timeout
         broker = self._broker
         while True:
-            if self._transport.closed:
-                raise ConnectionLost("memory stream transport is closed")
             if self._closed.is_set():
                 return []
+            if self._transport.closed:
+                raise ConnectionLost("memory stream transport is closed")
             self._rebalance()
             with broker.lock:
                 out = self._read()
@@ -341,9 +343,10 @@ class MemoryStreamSubscription:
         exchange_type = self._exchange.type
         key = self._binding_key
         everything = exchange_type == FANOUT or key == "#"
-        for partition, cursor in self._cursors.items():
+        for partition, next_offset in self._cursors.items():
             log = self._logs[partition]
             self._broker.trim(log, now)
+            cursor = next_offset
             if cursor < log.first:
                 self._trimmed += log.first - cursor
                 cursor = log.first
@@ -402,7 +405,8 @@ class MemoryStreamTransport:
             broadcast=True,
             exact_routing=True,
             exchange_types=frozenset({TOPIC, FANOUT, DIRECT}),
-            persistent=True,
+            # Its pub/sub side keeps no queue for an absent subscriber: the streams do.
+            persistent=False,
             durable=True,
             partitions=self.broker.partitions,
         )
