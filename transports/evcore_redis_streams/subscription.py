@@ -46,8 +46,6 @@ __all__ = ["RedisStreamSubscription"]
 logger = logging.getLogger("evcore.redis_streams")
 
 _CLOSE_WAIT = 5.0
-#: Seconds between two checks of whether retention removed entries a reader had not read.
-_GAP_CHECK_INTERVAL = 0.2
 _POSITION = re.compile(r"\d{1,20}-\d{1,20}")
 
 # Registers a member (score: its expiry in server milliseconds), forgets expired ones and
@@ -86,13 +84,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# The newest entry id retention removed from a stream (Redis 7), or '' when unknown.
-_MAX_DELETED = """
-local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
-if not ok then return '' end
-for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then return info[i + 1] end
-end
+# The id of the oldest entry a stream still keeps, or '' when it is empty or missing.
+_FIRST_ID = """
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if first[1] then return first[1][1] end
 return ''
 """
 
@@ -134,10 +129,9 @@ class RedisStreamSubscription:
         }
         self._partition_of = {key: p for p, key in self._keys.items()}
         self._acked: dict[int, tuple[int, int]] = {}
-        self._max_deleted_seen: dict[int, bytes] = {}
+        self._first_seen: dict[int, bytes] = {}
         self._trimmed = 0
         self._next_rebalance = 0.0
-        self._next_gap_check = 0.0
         self._scripts: dict[str, bytes] = {}
         self._lease_ms = max(int(options.lease * 1000), 100)
         with self._io:
@@ -313,8 +307,6 @@ class RedisStreamSubscription:
             now = time.monotonic()
             if self.options.group is not None and now >= self._next_rebalance:
                 self._rebalance()
-            if self._cursors and now >= self._next_gap_check:
-                self._check_gaps()
             wait = self.options.lease / 3
             if self.settings.redis.socket_timeout:
                 wait = min(wait, self.settings.redis.socket_timeout / 2)
@@ -336,9 +328,14 @@ class RedisStreamSubscription:
         if block > 0:
             command += ["BLOCK", block]
         command += ["STREAMS", *(self._keys[p] for p in order), *(cursors[p] for p in order)]
-        connection = self._connection
-        connection.send_command(*command)
-        reply = connection.read_response()
+        # Where each stream begins now is asked in the same write, just before reading: a
+        # cursor older than that was trimmed away, and with it what followed it unread.
+        checked = [p for p in order if cursors[p] != b"0-0"]
+        sha = self._script("first_id", _FIRST_ID)
+        commands = [("EVALSHA", sha, 1, self._keys[p]) for p in checked]
+        replies = self._pipeline([*commands, command])
+        self._count_gaps(checked, replies[:-1])
+        reply = replies[-1]
         if not reply:
             return []
         out: list[IncomingMessage] = []
@@ -388,24 +385,21 @@ class RedisStreamSubscription:
             )
         return out
 
-    def _check_gaps(self) -> None:
-        """Count a gap where retention removed entries after a reader's cursor."""
-        self._next_gap_check = time.monotonic() + _GAP_CHECK_INTERVAL
-        order = [p for p, cursor in sorted(self._cursors.items()) if cursor != b"0-0"]
-        if not order:
-            return
-        found = self._evals("max_deleted", _MAX_DELETED, [((self._keys[p],), ()) for p in order])
-        for partition, max_deleted in zip(order, found, strict=True):
-            if not max_deleted or max_deleted == self._max_deleted_seen.get(partition):
+    def _count_gaps(self, partitions: Sequence[int], first_ids: Sequence[Any]) -> None:
+        """Count a gap where retention removed a reader's cursor (one per gap: Redis keeps
+        no count of what it trimmed between two entries). Trimming that stops exactly at
+        the cursor is counted too, though nothing unread was lost."""
+        for partition, first in zip(partitions, first_ids, strict=True):
+            if not first or first == self._first_seen.get(partition):
                 continue
-            if _id(self._cursors[partition]) < _id(max_deleted):
+            self._first_seen[partition] = first
+            if _id(self._cursors[partition]) < _id(first):
                 self._trimmed += 1
                 logger.warning(
                     "retention removed entries of partition %d of %r before this reader read them",
                     partition,
                     self.exchange.name,
                 )
-            self._max_deleted_seen[partition] = max_deleted
 
     # -- acknowledging and closing ----------------------------------------------------
 
