@@ -117,6 +117,7 @@ class Receiver:
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
         on_loss: LossHandler | None = None,
         stream: StreamOptions | None = None,
+        sequences: Mapping[str, int] | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
@@ -173,7 +174,10 @@ class Receiver:
         self._marks: deque[tuple[int, IncomingMessage]] = deque()
         self._queued = 0
         self._pending: deque[dict[str, Any]] = deque()
-        self._expected_seq: dict[str, int] = {}
+        self._expected_seq: dict[str, int] = dict(sequences or {})
+        #: Sequence lanes restored from a checkpoint: they hold again for the partitions
+        #: ``on_assigned`` places at that checkpoint's positions.
+        self._restored_seq = dict(sequences or {})
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -212,6 +216,7 @@ class Receiver:
             fresh = partitions.difference(held)
             self._forget_lanes(fresh)
             chosen = dict(on_assigned(fresh) or {}) if on_assigned is not None and fresh else {}
+            self._restore_lanes(frozenset(chosen).intersection(fresh))
             chosen.update({p: position for p, position in held.items() if position is not None})
             return chosen
 
@@ -227,6 +232,18 @@ class Receiver:
         if options.group is not None and member is None:
             member = f"{socket.gethostname()}.{self.node_id}"
         return dataclasses.replace(options, member=member, on_assigned=assigned, on_revoked=revoked)
+
+    def _restore_lanes(self, partitions: frozenset[int]) -> None:
+        suffixes = tuple(f"/{partition}" for partition in partitions)
+        for boot, seq in self._restored_seq.items():
+            if boot.endswith(suffixes):
+                self._expected_seq[boot] = seq
+
+    def sequences(self) -> dict[str, int]:
+        """The next sequence number expected per sender lane: saved with a checkpoint and
+        given back as ``sequences=`` so that a resumed receiver neither re-applies nor
+        miscounts as lost what the checkpoint already holds."""
+        return dict(self._expected_seq)
 
     def _forget_lanes(self, partitions: frozenset[int]) -> None:
         suffixes = tuple(f"/{partition}" for partition in partitions)
@@ -244,6 +261,11 @@ class Receiver:
             newest[message.partition] = message  # type: ignore[index]
         self._applied.update(newest)
         return list(newest.values())
+
+    @property
+    def pending_events(self) -> int:
+        """Events decoded but not handled yet (the rest of a batch after a ``limit``)."""
+        return len(self._pending)
 
     def positions(self) -> dict[int, str]:
         """Per partition, the position of the last message whose events are all handled:
