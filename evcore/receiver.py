@@ -19,7 +19,7 @@ from typing import Any, cast
 from evcore import codec
 from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
-from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
+from evcore.dispatcher import BOOT_HEADER, IDEMPOTENCY_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, events_disabled_because, rule_for
@@ -49,6 +49,9 @@ POLL_INTERVAL = 1.0
 
 #: Senders whose sequence numbers are tracked at once; the least recently heard is forgotten.
 MAX_TRACKED_SENDERS = 10_000
+
+#: Idempotency keys of forwarded events remembered, to drop the copy a second relay sends.
+MAX_IDEMPOTENCY_KEYS = 200_000
 
 
 @dataclass
@@ -175,6 +178,7 @@ class Receiver:
         self._queued = 0
         self._pending: deque[dict[str, Any]] = deque()
         self._expected_seq: dict[str, int] = dict(sequences or {})
+        self._seen_keys: dict[str, None] = {}
         #: Sequence lanes restored from a checkpoint: they hold again for the partitions
         #: ``on_assigned`` places at that checkpoint's positions.
         self._restored_seq = dict(sequences or {})
@@ -460,6 +464,9 @@ class Receiver:
             # One event per message, the common case.
             if not self._in_sequence(message.headers, 1):
                 return []
+            key = message.headers.get(IDEMPOTENCY_HEADER)
+            if key is not None and self._seen_before(key):
+                return []
             if body.__class__ is not dict or body.get("type").__class__ is not str:
                 stats.rejected["not-an-event"] += 1
                 return []
@@ -499,6 +506,18 @@ class Receiver:
         if len(self._expected_seq) > MAX_TRACKED_SENDERS:
             del self._expected_seq[next(iter(self._expected_seq))]
         return True
+
+    def _seen_before(self, key: Any) -> bool:
+        """Whether a forwarded event with this key was handled already (a duplicate)."""
+        seen = self._seen_keys
+        text = str(key)
+        if text in seen:
+            self.stats.duplicates += 1
+            return True
+        seen[text] = None
+        if len(seen) > MAX_IDEMPOTENCY_KEYS:
+            del seen[next(iter(seen))]
+        return False
 
     def _report_loss(self, on_loss: LossHandler, sender: str, lost: int) -> None:
         try:
