@@ -266,5 +266,107 @@ def burst_rows(settings: Settings) -> list[Row]:
     return rows
 
 
+def kill_rows(settings: Settings) -> list[Row]:
+    """A checkpointing ``evcore monitor`` killed with SIGKILL at random moments while a
+    sender appends the stream, restarted each time; at the end its State must hold every
+    event once (event_count equal to the events sent, every task)."""
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from benchmarks.common import ROOT
+    from benchmarks.workload import make_events, tasks_for_events
+
+    events = 20_000 if settings.quick else settings.kill_events
+    prefix = new_prefix()
+    url = stream_url(settings.redis_url, prefix)
+    command = [sys.executable, "-c", "from evcore.cli import main; main()", "monitor", url]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    expected_tasks = len(
+        {e["uuid"] for e in make_events(tasks_for_events(events), seed=3)[:events] if "uuid" in e}
+    )
+    rnd = random.Random(14)
+    kills = 0
+    log(f"durable: kill -9 and resume during a {events}-event run")
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = os.path.join(scratch, "monitor.json")
+        options = ["--checkpoint", checkpoint, "--interval", "0.5", "--max-tasks", "1000000"]
+        sender = Child(
+            "e2e-dispatch",
+            {
+                "url": url,
+                "exchange": "celeryev",
+                "system": "evcore",
+                "events": events,
+                "seconds": 900,
+                "seed": 3,
+                "batched": False,
+                "background": True,
+            },
+        )
+        try:
+            sender.expect(120)
+            sender.send({"cmd": "go"})
+            started = time.monotonic()
+            sender_done: dict[str, Any] | None = None
+            while True:
+                monitor = subprocess.Popen(
+                    [*command, *options],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                time.sleep(rnd.uniform(0.7, 2.5))
+                monitor.send_signal(signal.SIGKILL)
+                monitor.wait()
+                kills += 1
+                if sender_done is None:
+                    sender_done = sender.poll_line(0.0)
+                # At least three kills, the later ones while the monitor catches up.
+                if (sender_done is not None and kills >= 3) or kills >= 20:
+                    break
+            sent_seconds = time.monotonic() - started
+        finally:
+            sender.close()
+        final = subprocess.run(
+            [*command, *options, "--idle-exit", "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        report = json.loads(final.stdout.strip().splitlines()[-1])
+        with open(checkpoint, "rb") as file:
+            saved = json.load(file)
+    drop_keys(settings.redis_url, prefix)
+    # The sender's warm-up event is applied too.
+    applied = saved["state"]["counters"]["event_count"] - 1
+    tasks = len(saved["state"]["tasks"])
+    return [
+        Row(
+            SECTION,
+            f"kill -9 of a checkpointing monitor {kills} times during a {events:,}-event run, "
+            "then resume",
+            "events applied",
+            [float(applied)],
+            notes=[
+                f"events sent {events:,}, applied {applied:,} (lost {max(events - applied, 0)}, "
+                f"applied twice {max(applied - events, 0)}); tasks {tasks:,}/{expected_tasks:,}; "
+                f"lost by sequence {report['lost']}; kill phase {sent_seconds:.0f} s"
+            ],
+        )
+    ]
+
+
 def durable_section(settings: Settings) -> list[Row]:
-    return [*e2e_rows(settings), *replay_and_group_rows(settings), *burst_rows(settings)]
+    return [
+        *e2e_rows(settings),
+        *replay_and_group_rows(settings),
+        *burst_rows(settings),
+        *kill_rows(settings),
+    ]
