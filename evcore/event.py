@@ -8,8 +8,13 @@ from typing import Any
 
 #: Message headers carrying the sender's boot id and the sequence number of the first event
 #: in the message. Celery ignores them; evcore's Receiver uses them to count lost events.
+#: On a durable transport each partition has a sequence of its own: the boot header is then
+#: ``<boot id>/<partition>`` (``/-1`` for the copies appended to every partition).
 BOOT_HEADER = "evcore-boot"
 SEQ_HEADER = "evcore-seq"
+#: Header of a forwarded event (``evcore relay``): a key derived from the event's own
+#: fields, the same whichever relay forwarded it, so receivers drop the second copy.
+IDEMPOTENCY_HEADER = "evcore-idem"
 
 
 def Event(type: str, _fields: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:

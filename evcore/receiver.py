@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
+import socket
 import threading
 import time
 import uuid
@@ -12,21 +14,25 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from evcore import _live, codec
 from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
-from evcore.event import BOOT_HEADER, SEQ_HEADER
+from evcore.event import BOOT_HEADER, IDEMPOTENCY_HEADER, SEQ_HEADER
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, events_disabled_because, exchange_type_for
 from evcore.transport import (
+    EVERY_PARTITION,
     FANOUT,
     TOPIC,
+    DurableTransport,
     Exchange,
     IncomingMessage,
     QueueOptions,
+    StreamOptions,
+    StreamSubscription,
     Subscription,
     Transport,
 )
@@ -44,8 +50,17 @@ CLIENT_CLOCK_SKEW = -1
 #: How long one wait on the transport may last, so ``should_stop`` is seen promptly.
 POLL_INTERVAL = 1.0
 
-#: Senders whose sequence numbers are tracked at once; the least recently heard is forgotten.
-MAX_TRACKED_SENDERS = 10_000
+#: Sender lanes whose sequence numbers are tracked at once (a dispatcher has one lane per
+#: partition on a durable transport); the least recently heard is forgotten.
+MAX_TRACKED_SENDERS = 100_000
+
+#: Idempotency keys of forwarded events remembered, to drop the copy a second relay sends.
+MAX_IDEMPOTENCY_KEYS = 200_000
+
+#: The lane of the copies a dispatcher appends to every partition of a durable transport.
+EVERY_LANE = f"/{EVERY_PARTITION}"
+#: Numbers of such copies seen ahead of the slowest partition that are remembered.
+MAX_OUT_OF_ORDER = 100_000
 
 
 @dataclass
@@ -65,8 +80,12 @@ class ReceiverStats:
     #: Events known to be lost in transit, by sender hostname (from evcore's sequence
     #: headers; Celery's own senders carry none, so their losses cannot be seen).
     lost_events: Counter[str] = field(default_factory=Counter)
-    #: Messages received twice (a resend after a failed publish) and dropped.
+    #: Messages received twice (a resend after a failed publish, a copy appended to
+    #: every partition, a re-read after a takeover) and dropped.
     duplicates: int = 0
+    #: Durable transports: messages retention removed before they were read (the events
+    #: themselves are counted in ``lost_events`` through the sequence headers).
+    trimmed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +150,19 @@ class Receiver:
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
         on_loss: LossHandler | None = None,
         on_connection_change: ConnectionHandler | None = None,
+        stream: StreamOptions | None = None,
+        sequences: Mapping[str, Any] | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
         self.transport, self._owns_transport = resolve_transport(transport_or_url)
+        if stream is not None and not self.transport.capabilities.durable:
+            if self._owns_transport:
+                self.transport.close()
+            raise ConfigurationError(
+                f"stream options need a durable transport; {self.transport.driver_type!r} "
+                "keeps no messages"
+            )
         reason = events_disabled_because(self.transport)
         if reason:
             if self._owns_transport:
@@ -173,9 +201,36 @@ class Receiver:
         self._filter_routing = routing_key != "#" and (
             not self.transport.capabilities.exact_routing or self.exchange.type == FANOUT
         )
-        self._subscription: Subscription | None = None
+        self._subscription: Subscription | StreamSubscription | None = None
+        #: On a durable transport, how this receiver reads the streams (None: pub/sub).
+        self.stream = (
+            self._wrap_stream(stream or StreamOptions())
+            if self.transport.capabilities.durable
+            else None
+        )
+        #: Position of the last message applied whole, per partition (durable only).
+        self._applied: dict[int, IncomingMessage] = {}
+        #: Messages read but whose events are not all handled: (events queued up to and
+        #: including it, message), in order.
+        self._marks: deque[tuple[int, IncomingMessage]] = deque()
+        self._queued = 0
         self._pending: deque[dict[str, Any]] = deque()
-        self._expected_seq: dict[str, int] = {}
+        restored = dict(sequences or {})
+        self._expected_seq: dict[str, int] = {
+            lane: seq for lane, seq in restored.items() if not lane.endswith(EVERY_LANE)
+        }
+        #: Copies appended to every partition arrive once per partition, each partition at
+        #: its own pace: per such lane, the next number not yet seen in order, and the
+        #: numbers seen beyond it (see ``_everywhere_in_sequence``).
+        self._everywhere: dict[str, tuple[int, set[int]]] = {
+            lane: (int(state[0]), set(state[1]))
+            for lane, state in restored.items()
+            if lane.endswith(EVERY_LANE)
+        }
+        self._seen_keys: dict[str, None] = {}
+        #: Sequence lanes restored from a checkpoint: they hold again for the partitions
+        #: ``on_assigned`` places at that checkpoint's positions.
+        self._restored_seq = dict(self._expected_seq)
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -239,13 +294,105 @@ class Receiver:
 
     # -- subscription ---------------------------------------------------------------------
 
-    def _subscribe(self) -> Subscription:
+    def _subscribe(self) -> Subscription | StreamSubscription:
         with self._lock:
             if self._subscription is None:
-                self._subscription = self.transport.subscribe(
-                    self.exchange, self.routing_key, self.queue
-                )
+                if self.stream is not None:
+                    durable: DurableTransport = self.transport  # type: ignore[assignment]
+                    self._subscription = durable.subscribe_stream(
+                        self.exchange, self.routing_key, self.stream
+                    )
+                else:
+                    self._subscription = self.transport.subscribe(
+                        self.exchange, self.routing_key, self.queue
+                    )
             return self._subscription
+
+    # -- durable streams ------------------------------------------------------------------
+
+    def _wrap_stream(self, options: StreamOptions) -> StreamOptions:
+        """Hook the receiver into assignment changes. A partition whose events this
+        receiver still holds (a subscription renewed after a lost connection) continues
+        after the last message applied; any other starts fresh sequence lanes, so events
+        re-read from a checkpoint or from history are not taken for duplicates."""
+        on_assigned, on_revoked = options.on_assigned, options.on_revoked
+
+        def assigned(partitions: frozenset[int]) -> Mapping[int, str] | None:
+            self._settle()
+            held = {p: m.position for p, m in self._applied.items() if p in partitions}
+            fresh = partitions.difference(held)
+            self._forget_lanes(fresh)
+            chosen = dict(on_assigned(fresh) or {}) if on_assigned is not None and fresh else {}
+            self._restore_lanes(frozenset(chosen).intersection(fresh))
+            chosen.update({p: position for p, position in held.items() if position is not None})
+            return chosen
+
+        def revoked(partitions: frozenset[int]) -> None:
+            self._settle()
+            if on_revoked is not None:
+                on_revoked(partitions)
+            self._forget_lanes(partitions)
+            for partition in partitions:
+                self._applied.pop(partition, None)
+
+        member = options.member
+        if options.group is not None and member is None:
+            member = f"{socket.gethostname()}.{self.node_id}"
+        return dataclasses.replace(options, member=member, on_assigned=assigned, on_revoked=revoked)
+
+    def _restore_lanes(self, partitions: frozenset[int]) -> None:
+        suffixes = tuple(f"/{partition}" for partition in partitions)
+        for boot, seq in self._restored_seq.items():
+            if boot.endswith(suffixes):
+                self._expected_seq[boot] = seq
+
+    def sequences(self) -> dict[str, Any]:
+        """Where each sender lane stands (JSON-serialisable): saved with a checkpoint and
+        given back as ``sequences=`` so that a resumed receiver neither re-applies nor
+        miscounts as lost what the checkpoint already holds."""
+        lanes: dict[str, Any] = dict(self._expected_seq)
+        for lane, (following, beyond) in self._everywhere.items():
+            lanes[lane] = [following, sorted(beyond)]
+        return lanes
+
+    def _forget_lanes(self, partitions: frozenset[int]) -> None:
+        suffixes = tuple(f"/{partition}" for partition in partitions)
+        for boot in [boot for boot in self._expected_seq if boot.endswith(suffixes)]:
+            del self._expected_seq[boot]
+
+    def _settle(self) -> list[IncomingMessage]:
+        """Move messages whose events are all handled to the applied positions; return the
+        newest of each partition among them (what to acknowledge)."""
+        handled = self._queued - len(self._pending)
+        marks = self._marks
+        newest: dict[int, IncomingMessage] = {}
+        while marks and marks[0][0] <= handled:
+            message = marks.popleft()[1]
+            newest[message.partition] = message  # type: ignore[index]
+        self._applied.update(newest)
+        return list(newest.values())
+
+    @property
+    def pending_events(self) -> int:
+        """Events decoded but not handled yet (the rest of a batch after a ``limit``)."""
+        return len(self._pending)
+
+    def positions(self) -> dict[int, str]:
+        """Per partition, the position of the last message whose events are all handled:
+        where a restart resumes (after it) for State to be exact. Durable transports only."""
+        self._settle()
+        return {
+            partition: message.position
+            for partition, message in self._applied.items()
+            if message.position is not None
+        }
+
+    def assignment(self) -> frozenset[int]:
+        """The partitions this receiver owns now (durable transports; empty otherwise)."""
+        subscription = self._subscription
+        if self.stream is None or subscription is None:
+            return frozenset()
+        return cast(StreamSubscription, subscription).assignment()
 
     def _drop_subscription(self) -> None:
         with self._lock:
@@ -350,6 +497,8 @@ class Receiver:
                 subscription = self._resubscribe(deadline)
                 if subscription is None:
                     return False
+            if self.stream is not None:
+                return self._fill_stream(cast(StreamSubscription, subscription), wait)
             messages = subscription.receive(wait)
         except ConnectionLost as exc:
             if self._closed:
@@ -362,6 +511,25 @@ class Receiver:
         events_of = self._events_of
         for message in messages:
             pending.extend(events_of(message))
+        return True
+
+    def _fill_stream(self, subscription: StreamSubscription, wait: float) -> bool:
+        """``_fill`` on a durable transport: acknowledge what is applied, then read."""
+        done = self._settle()
+        if done:
+            subscription.ack(done)
+        messages = subscription.receive(wait)
+        stats = self.stats
+        stats.trimmed = subscription.trimmed
+        pending = self._pending
+        marks = self._marks
+        events_of = self._events_of
+        for message in messages:
+            events = events_of(message)
+            pending.extend(events)
+            self._queued += len(events)
+            if message.partition is not None:
+                marks.append((self._queued, message))
         return True
 
     def process(self, type: str, event: dict[str, Any]) -> None:
@@ -405,12 +573,18 @@ class Receiver:
             # One event per message, the common case.
             if not self._in_sequence(message.headers, 1):
                 return []
+            key = message.headers.get(IDEMPOTENCY_HEADER)
+            if key is not None and self._seen_before(key):
+                return []
             if body.__class__ is not dict or body.get("type").__class__ is not str:
                 stats.rejected["not-an-event"] += 1
                 return []
             stats.events += 1
             return [self.event_from_message(body)]
         if not self._in_sequence(message.headers, len(body)):
+            return []
+        key = message.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and self._seen_before(key):
             return []
         events = []
         from_message = self.event_from_message
@@ -428,6 +602,8 @@ class Receiver:
         boot, seq = headers.get(BOOT_HEADER), headers.get(SEQ_HEADER)
         if boot.__class__ is not str or seq.__class__ is not int:
             return True
+        if boot.endswith(EVERY_LANE):
+            return self._everywhere_in_sequence(boot, seq, count)
         expected = self._expected_seq.pop(boot, None)
         if expected is not None and seq < expected:
             self._expected_seq[boot] = expected
@@ -444,6 +620,56 @@ class Receiver:
         if len(self._expected_seq) > MAX_TRACKED_SENDERS:
             del self._expected_seq[next(iter(self._expected_seq))]
         return True
+
+    def _everywhere_in_sequence(self, lane: str, seq: int, count: int) -> bool:
+        """Drop the extra copies of a message appended to every partition.
+
+        Partitions are read at different paces, and one given to this receiver later may
+        start ahead of the others, so these numbers are not seen in order: remember the
+        first number not yet seen in order and the numbers seen beyond it. No gap is counted
+        here (a number missing from one partition comes from another); the partitions' own
+        lanes count what is lost. The first copy seen starts the lane: older ones are taken
+        as already applied.
+        """
+        everywhere = self._everywhere
+        state = everywhere.pop(lane, None)  # re-inserted below: least recently heard first
+        if state is None:
+            everywhere[lane] = (seq + count, set())
+            if len(everywhere) > MAX_TRACKED_SENDERS:
+                del everywhere[next(iter(everywhere))]
+            return True
+        following, beyond = state
+        if seq < following or seq in beyond:
+            everywhere[lane] = state
+            self.stats.duplicates += 1
+            return False
+        if seq == following:
+            following += count
+            while following in beyond:
+                beyond.discard(following)
+                following += 1
+        else:
+            beyond.update(range(seq, seq + count))
+            if len(beyond) > MAX_OUT_OF_ORDER:
+                # Numbers missing from every partition for this long are not coming.
+                following = min(beyond)
+                while following in beyond:
+                    beyond.discard(following)
+                    following += 1
+        everywhere[lane] = (following, beyond)
+        return True
+
+    def _seen_before(self, key: Any) -> bool:
+        """Whether a forwarded event with this key was handled already (a duplicate)."""
+        seen = self._seen_keys
+        text = str(key)
+        if text in seen:
+            self.stats.duplicates += 1
+            return True
+        seen[text] = None
+        if len(seen) > MAX_IDEMPOTENCY_KEYS:
+            del seen[next(iter(seen))]
+        return False
 
     def _report_loss(self, on_loss: LossHandler, sender: str, lost: int) -> None:
         try:

@@ -16,6 +16,7 @@ from evcore.cli.common import safe_url, url_argument
 from evcore.cli.dumper import Dumper
 from evcore.cli.plain import visible
 from evcore.cli.source import EventSource
+from evcore.cli.streamopts import stream_from, stream_options
 from evcore.event import group_from
 from evcore.receiver import ConnectionState
 
@@ -74,6 +75,7 @@ def _silence_stdout() -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after this many events.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 @click.option("--wait", is_flag=True, help="Keep retrying if the broker is unreachable at start.")
+@stream_options()
 def dump(
     url: str,
     as_json: bool,
@@ -82,6 +84,9 @@ def dump(
     limit: int | None,
     timeout: float | None,
     wait: bool,
+    consumer_group: str | None = None,
+    member: str | None = None,
+    start: str | None = None,
 ) -> None:
     """Print the events published on the broker at URL, one line each, as they arrive.
 
@@ -91,7 +96,8 @@ def dump(
     keep = EventFilter(types, groups)
     dumper = Dumper()
     printed = 0
-    with EventSource(url, wait=wait, on_change=_report) as source:
+    stream = stream_from(consumer_group, member, start)
+    with EventSource(url, wait=wait, on_change=_report, stream=stream) as source:
         _say(f"evcore dump: capturing from {safe_url(url)}")
         if not source.connection.connected:
             _say(f"cannot reach the broker yet ({source.connection.error}), retrying")

@@ -9,10 +9,13 @@ from evcore.cli.common import BrokerUnreachable
 from evcore.errors import ConnectionLost
 from evcore.receiver import ConnectionHandler, ConnectionState, Handler, Receiver
 from evcore.registry import connect
+from evcore.transport import StreamOptions
 
 
 class EventSource:
     """A Receiver on ``url``, whose connection state tells whether the broker is reachable.
+
+    ``stream`` reads a durable transport as that group member, from that start.
 
     Unless ``wait`` is true, a broker that cannot be reached at once raises
     :class:`BrokerUnreachable`; once connected, the Receiver reconnects by itself and calls
@@ -26,6 +29,7 @@ class EventSource:
         routing_key: str = "#",
         wait: bool = False,
         on_change: ConnectionHandler | None = None,
+        stream: StreamOptions | None = None,
     ) -> None:
         self.url = url
         self.transport = connect(url)
@@ -35,6 +39,7 @@ class EventSource:
                 handlers=handlers,
                 routing_key=routing_key,
                 on_connection_change=on_change,
+                stream=stream,
             )
         except BaseException:
             self.transport.close()

@@ -32,6 +32,7 @@ from evcore.dispatcher import Dispatcher
 from evcore.errors import ChannelError, ConnectionLost, InvalidURL, TransportError
 from evcore.registry import load_factory, scheme_of
 from evcore.routing import binding_matches, events_disabled_because, exchange_type_for
+from evcore.testing.durable import DurableConformance
 from evcore.testing.harness import (
     bodies,
     body_seen,
@@ -75,7 +76,7 @@ def _numbered(prefix: str, count: int, routing_key: str = "task.received") -> li
     return [_message(routing_key, f"{prefix}-{i:04d}".encode()) for i in range(count)]
 
 
-class TransportConformance:
+class TransportConformance(DurableConformance):
     """Checks that a transport keeps the contract of :mod:`evcore.transport`.
 
     Set :attr:`transport_url` (or override :meth:`make_transport`); optionally list URLs
