@@ -21,6 +21,7 @@ from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
 from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
+from evcore.eventid import DEFAULT_WINDOW, EVENT_ID_HEADER, SeenWindow
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, events_disabled_because, rule_for
 from evcore.transport import (
@@ -69,7 +70,8 @@ class ReceiverStats:
     #: headers; Celery's own senders carry none, so their losses cannot be seen).
     lost_events: Counter[str] = field(default_factory=Counter)
     #: Messages received twice (a resend after a failed publish, a copy appended to
-    #: every partition, a re-read after a takeover) and dropped.
+    #: every partition, a re-read after a takeover) and dropped; for messages appended by
+    #: ``evcore relay`` (keyed per event), the events dropped as copies.
     duplicates: int = 0
     #: Durable transports: messages retention removed before they were read (the events
     #: themselves are counted in ``lost_events`` through the sequence headers).
@@ -118,6 +120,7 @@ class Receiver:
         on_loss: LossHandler | None = None,
         stream: StreamOptions | None = None,
         sequences: Mapping[str, int] | None = None,
+        dedup_window: int = DEFAULT_WINDOW,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
@@ -178,6 +181,9 @@ class Receiver:
         #: Sequence lanes restored from a checkpoint: they hold again for the partitions
         #: ``on_assigned`` places at that checkpoint's positions.
         self._restored_seq = dict(sequences or {})
+        #: Keys of the recent events that carried one (appended by ``evcore relay``): a
+        #: second relay's copy of an event is dropped while its key is in this window.
+        self._seen_ids = SeenWindow(dedup_window)
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -215,6 +221,7 @@ class Receiver:
             held = {p: m.position for p, m in self._applied.items() if p in partitions}
             fresh = partitions.difference(held)
             self._forget_lanes(fresh)
+            self._seen_ids.forget(fresh)
             chosen = dict(on_assigned(fresh) or {}) if on_assigned is not None and fresh else {}
             self._restore_lanes(frozenset(chosen).intersection(fresh))
             chosen.update({p: position for p, position in held.items() if position is not None})
@@ -225,6 +232,7 @@ class Receiver:
             if on_revoked is not None:
                 on_revoked(partitions)
             self._forget_lanes(partitions)
+            self._seen_ids.forget(partitions)
             for partition in partitions:
                 self._applied.pop(partition, None)
 
@@ -456,6 +464,9 @@ class Receiver:
             stats.rejected[exc.reason] += 1
             logger.warning("rejected a message on %r: %s", message.routing_key, exc)
             return []
+        ids = message.headers.get(EVENT_ID_HEADER)
+        if ids.__class__ is not list:
+            ids = None
         if body.__class__ is not list:
             # One event per message, the common case.
             if not self._in_sequence(message.headers, 1):
@@ -463,15 +474,19 @@ class Receiver:
             if body.__class__ is not dict or body.get("type").__class__ is not str:
                 stats.rejected["not-an-event"] += 1
                 return []
+            if ids and self._seen_before(ids[0], message.partition):
+                return []
             stats.events += 1
             return [self.event_from_message(body)]
         if not self._in_sequence(message.headers, len(body)):
             return []
         events = []
         from_message = self.event_from_message
-        for item in body:
+        for index, item in enumerate(body):
             if item.__class__ is not dict or item.get("type").__class__ is not str:
                 stats.rejected["not-an-event"] += 1
+                continue
+            if ids and index < len(ids) and self._seen_before(ids[index], message.partition):
                 continue
             events.append(from_message(item))
         stats.events += len(events)
@@ -498,6 +513,14 @@ class Receiver:
         self._expected_seq[boot] = seq + count
         if len(self._expected_seq) > MAX_TRACKED_SENDERS:
             del self._expected_seq[next(iter(self._expected_seq))]
+        return True
+
+    def _seen_before(self, key: Any, partition: int | None) -> bool:
+        """Whether an event with this relay key was already handled (then counted as a
+        duplicate); remembers it otherwise."""
+        if key.__class__ is not str or not self._seen_ids.seen(key, partition):
+            return False
+        self.stats.duplicates += 1
         return True
 
     def _report_loss(self, on_loss: LossHandler, sender: str, lost: int) -> None:

@@ -1,0 +1,451 @@
+"""Relay events from a pub/sub transport into a durable one, for unmodified Celery workers.
+
+A :class:`Relay` subscribes once to the source (any evcore URL: ``redis://``, ``amqp://``,
+``memory://``...) and appends every event it receives, in arrival order, to the streams of
+a durable destination (a transport declaring ``capabilities.durable``). Each event goes to
+its task's partition (by uuid; events without a uuid, such as worker heartbeats, to every
+partition) and is stamped with an idempotency key (:mod:`evcore.eventid`), so that readers
+drop the copies a second relay on the same source appends.
+
+>>> from evcore import Dispatcher, Receiver
+>>> from evcore.transport import EARLIEST, StreamOptions
+>>> relay = Relay("memory://docs-relay", "memory+stream://docs-relay?partitions=2")
+>>> relay.start()  # subscribed from here on
+>>> with Dispatcher("memory://docs-relay", hostname="w1@example") as dispatcher:
+...     _ = dispatcher.send("task-received", uuid="t1", name="add")
+>>> relay.run(duration=0.2)
+>>> relay.stats.forwarded
+1
+>>> relay.close()
+>>> seen = []
+>>> reader = Receiver("memory+stream://docs-relay?partitions=2", handlers={"*": seen.append},
+...                   stream=StreamOptions(start=EARLIEST))
+>>> reader.capture(limit=1, timeout=1.0), seen[0]["uuid"]
+(1, 't1')
+>>> reader.close()
+
+Two threads: one reads the source into a bounded buffer, the other appends what is buffered
+in batches (one pipelined write each). While the destination is away the buffer fills and
+the appends are retried; events arriving at a full buffer are counted in ``dropped`` (never
+accepted). A lost source connection is subscribed again with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from evcore import codec
+from evcore._connect import resolve_transport
+from evcore.errors import ConfigurationError, ConnectionLost, MessageRejected, TransportError
+from evcore.eventid import DEFAULT_WINDOW, EVENT_ID_HEADER, SeenWindow, event_id
+from evcore.routing import events_disabled_because, rule_for
+from evcore.transport import (
+    EVERY_PARTITION,
+    Exchange,
+    IncomingMessage,
+    OutgoingMessage,
+    QueueOptions,
+    Subscription,
+    Transport,
+    partition_for,
+)
+
+__all__ = ["Relay", "RelayStats"]
+
+logger = logging.getLogger(__name__)
+
+#: Longest hostname header forwarded; anything longer is cut (publishers are not trusted).
+MAX_HOSTNAME = 255
+
+
+@dataclass
+class RelayStats:
+    """What a relay did with what it received (events unless said otherwise).
+
+    Every event accepted is, at any moment, in exactly one of ``forwarded``, ``refused`` or
+    ``buffered``; ``received`` = accepted + ``dropped`` + ``duplicates``.
+    """
+
+    #: Messages read from the source (a Celery batch counts once).
+    messages: int = 0
+    #: Events decoded from those messages.
+    received: int = 0
+    #: Events appended to the destination and confirmed by it.
+    forwarded: int = 0
+    #: Events that arrived while the buffer was full: never accepted, not forwarded.
+    dropped: int = 0
+    #: Events this relay had already received (a sender's resend) and did not append again.
+    duplicates: int = 0
+    #: Messages or batch elements that could not be decoded into an event, by reason.
+    unparseable: Counter[str] = field(default_factory=Counter)
+    #: Events the destination refused for good (a configuration error there), logged.
+    refused: int = 0
+    #: Events accepted and waiting to be appended.
+    buffered: int = 0
+    #: Appends that failed because the destination was unreachable (then retried).
+    append_failures: int = 0
+    #: Times the source subscription was lost and made again.
+    source_reconnects: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as plain values (``unparseable`` as a total and by reason)."""
+        return {
+            "messages": self.messages,
+            "received": self.received,
+            "forwarded": self.forwarded,
+            "dropped": self.dropped,
+            "duplicates": self.duplicates,
+            "unparseable": sum(self.unparseable.values()),
+            "unparseable_by_reason": dict(self.unparseable),
+            "refused": self.refused,
+            "buffered": self.buffered,
+            "append_failures": self.append_failures,
+            "source_reconnects": self.source_reconnects,
+        }
+
+
+class Relay:
+    """Append what a pub/sub source carries to a durable destination (module docs).
+
+    ``max_buffer``: events held while the destination is slow or away. ``batch_size``:
+    most messages per append (one pipelined write). ``window``: event keys remembered to
+    drop a sender's own resends. ``accept``: content types decoded (JSON only by default;
+    never pickle).
+    """
+
+    def __init__(
+        self,
+        source: Transport | str,
+        destination: Transport | str,
+        *,
+        exchange: str = "celeryev",
+        routing_key: str = "#",
+        max_buffer: int = 100_000,
+        batch_size: int = 1_000,
+        window: int = DEFAULT_WINDOW,
+        accept: Iterable[str] = ("application/json",),
+        max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+        reconnect_delay: tuple[float, float] = (0.1, 5.0),
+    ) -> None:
+        if max_buffer < 1 or batch_size < 1:
+            raise ConfigurationError("max_buffer and batch_size must be positive")
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._subscription: Subscription | None = None
+        self._owns_source = False
+        self.destination, self._owns_destination = resolve_transport(destination)
+        if not self.destination.capabilities.durable:
+            if self._owns_destination:
+                self.destination.close()
+            raise ConfigurationError(
+                f"the relay's destination must be durable; {self.destination.driver_type!r} "
+                "keeps no messages (use a stream transport such as redis+streams://)"
+            )
+        try:
+            self.source, self._owns_source = resolve_transport(source)
+        except BaseException:
+            if self._owns_destination:
+                self.destination.close()
+            raise
+        reason = events_disabled_because(self.source)
+        if reason:
+            self.close()
+            raise ConfigurationError(f"cannot relay from this source: {reason}")
+        self.source_exchange = Exchange(exchange, rule_for(self.source.driver_type).exchange_type)
+        self.destination_exchange = Exchange(
+            exchange, rule_for(self.destination.driver_type).exchange_type
+        )
+        self.routing_key = routing_key
+        self.queue = QueueOptions(
+            name=f"evcore-relay.{uuid.uuid4().hex}",
+            exclusive=True,
+            auto_delete=True,
+            message_ttl=None,
+        )
+        self.partitions = self.destination.capabilities.partitions
+        self.max_buffer = max_buffer
+        self.batch_size = batch_size
+        self.accept = codec.accepted_content_types(accept)
+        self.max_message_bytes = max_message_bytes
+        self.reconnect_delay = reconnect_delay
+        self.stats = RelayStats()
+        self._window = SeenWindow(window)
+        #: (message to append, events it carries), in arrival order.
+        self._buffer: deque[tuple[OutgoingMessage, int]] = deque()
+        self._changed = threading.Condition()
+        #: Set once the source subscription exists (for callers waiting to publish).
+        self.subscribed = threading.Event()
+
+    # -- reading the source ---------------------------------------------------------------
+
+    def _subscribe(self) -> Subscription:
+        first, cap = self.reconnect_delay
+        attempt = 0
+        while True:
+            try:
+                subscription = self.source.subscribe(
+                    self.source_exchange, self.routing_key, self.queue
+                )
+            except ConnectionLost as exc:
+                delay = min(cap, first * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                logger.warning("relay cannot subscribe (%s); retry in %.2fs", exc, delay)
+                if self._stop.wait(delay):
+                    raise
+                continue
+            self._subscription = subscription
+            self.subscribed.set()
+            return subscription
+
+    def _read_source(self) -> None:
+        subscription = self._subscription
+        while not self._stop.is_set():
+            try:
+                if subscription is None:
+                    subscription = self._subscribe()
+                messages = subscription.receive(0.2)
+            except ConnectionLost as exc:
+                if self._stop.is_set():
+                    break
+                logger.warning("relay lost the source: %s", exc)
+                self.subscribed.clear()
+                self._drop_subscription()
+                subscription = None
+                self.stats.source_reconnects += 1
+                continue
+            if messages:
+                self._accept(messages)
+        self._drop_subscription()
+
+    def _drop_subscription(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            try:
+                subscription.close()
+            except TransportError as exc:
+                logger.debug("closing the source subscription failed: %s", exc)
+
+    def _accept(self, messages: Iterable[IncomingMessage]) -> None:
+        """Turn source messages into appends and buffer them, or count them dropped."""
+        stats = self.stats
+        outgoing: list[tuple[OutgoingMessage, int]] = []
+        for message in messages:
+            stats.messages += 1
+            outgoing.extend(self._appends_for(message))
+        if not outgoing:
+            return
+        with self._changed:
+            buffer = self._buffer
+            for item in outgoing:
+                if stats.buffered + item[1] > self.max_buffer:
+                    stats.dropped += item[1]
+                    continue
+                buffer.append(item)
+                stats.buffered += item[1]
+            self._changed.notify_all()
+
+    def _appends_for(self, message: IncomingMessage) -> list[tuple[OutgoingMessage, int]]:
+        """The appends a source message becomes: one per partition its events go to, each
+        carrying their keys; the original bytes when all its events go to one partition."""
+        stats = self.stats
+        if message.rejected is not None:
+            stats.unparseable[message.rejected] += 1
+            return []
+        try:
+            body = codec.decode_body(
+                message.body,
+                message.content_type,
+                message.content_encoding,
+                self.accept,
+                self.max_message_bytes,
+            )
+        except MessageRejected as exc:
+            stats.unparseable[exc.reason] += 1
+            logger.warning("relay skipped a message on %r: %s", message.routing_key, exc)
+            return []
+        items = body if isinstance(body, list) else [body]
+        events = []
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("type"), str):
+                events.append(item)
+            else:
+                stats.unparseable["not-an-event"] += 1
+        stats.received += len(events)
+        by_partition: dict[int, tuple[list[dict[str, Any]], list[str]]] = {}
+        window = self._window
+        for event in events:
+            key = event_id(event)
+            if window.seen(key):
+                stats.duplicates += 1
+                continue
+            group, keys = by_partition.setdefault(self._partition_of(event), ([], []))
+            group.append(event)
+            keys.append(key)
+        if not by_partition:
+            return []
+        headers: dict[str, Any] = {}
+        hostname = message.headers.get("hostname")
+        if isinstance(hostname, str):
+            headers["hostname"] = hostname[:MAX_HOSTNAME]
+        whole = len(by_partition) == 1 and len(events) == len(items)
+        out = []
+        for partition, (group, keys) in by_partition.items():
+            if whole:
+                raw, content_type, encoding = (
+                    message.body,
+                    message.content_type or codec.JSON,
+                    message.content_encoding or "utf-8",
+                )
+            else:
+                payload: Any = group if isinstance(body, list) else group[0]
+                raw, content_type, encoding = codec.dumps(payload), codec.JSON, "utf-8"
+            outgoing = OutgoingMessage(
+                message.routing_key,
+                raw,
+                {**headers, EVENT_ID_HEADER: keys},
+                content_type,
+                encoding,
+                partition=partition,
+            )
+            out.append((outgoing, len(group)))
+        return out
+
+    def _partition_of(self, event: Mapping[str, Any]) -> int:
+        task_id = event.get("uuid")
+        if isinstance(task_id, str):
+            return partition_for(task_id, self.partitions)
+        return EVERY_PARTITION
+
+    # -- appending ------------------------------------------------------------------------
+
+    def _append_batch(self, drain_until: float | None) -> bool:
+        """Append up to ``batch_size`` buffered messages, retrying while the destination is
+        away. False when there was nothing to append, or the relay is stopping and the
+        drain deadline passed."""
+        with self._changed:
+            batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
+        if not batch:
+            return False
+        events = sum(count for _, count in batch)
+        first, cap = self.reconnect_delay
+        attempt = 0
+        refused = False
+        while True:
+            try:
+                self.destination.publish(self.destination_exchange, [m for m, _ in batch])
+                break
+            except ConnectionLost as exc:
+                self.stats.append_failures += 1
+                delay = min(cap, first * 2**attempt) * random.uniform(0.5, 1.0)
+                attempt += 1
+                logger.warning("relay cannot append (%s); retry in %.2fs", exc, delay)
+                if drain_until is not None:
+                    if time.monotonic() + delay > drain_until:
+                        return False
+                    time.sleep(delay)
+                elif self._stop.wait(delay):
+                    return False
+            except TransportError as exc:
+                refused = True
+                logger.error("the destination refused %d event(s), not retrying: %s", events, exc)
+                break
+        with self._changed:
+            for _ in batch:
+                self._buffer.popleft()
+            self.stats.buffered -= events
+            if refused:
+                self.stats.refused += events
+            else:
+                self.stats.forwarded += events
+        return True
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe to the source and start reading it (``run`` does it too). Returns once
+        subscribed, or at once if the source cannot be reached (the reader keeps trying)."""
+        if self._reader is None:
+            try:
+                self._subscription = self.source.subscribe(
+                    self.source_exchange, self.routing_key, self.queue
+                )
+                self.subscribed.set()
+            except ConnectionLost as exc:
+                logger.warning("relay cannot subscribe yet, will retry: %s", exc)
+            self._reader = threading.Thread(
+                target=self._read_source, name="evcore-relay-source", daemon=True
+            )
+            self._reader.start()
+
+    def run(
+        self,
+        duration: float | None = None,
+        stats_interval: float | None = None,
+        on_stats: Callable[[RelayStats], Any] | None = None,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        """Relay until :meth:`stop` (or for ``duration`` seconds), calling ``on_stats``
+        every ``stats_interval`` seconds; then append what is still buffered, for at most
+        ``drain_timeout`` seconds."""
+        self.start()
+        end = None if duration is None else time.monotonic() + duration
+        next_report = None if stats_interval is None else time.monotonic() + stats_interval
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if end is not None and now >= end:
+                break
+            if next_report is not None and now >= next_report and on_stats is not None:
+                on_stats(self.stats)
+                next_report = now + (stats_interval or 0.0)
+            if not self._append_batch(None):
+                with self._changed:
+                    if not self._buffer:
+                        self._changed.wait(0.1)
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(timeout=5.0)
+        until = time.monotonic() + drain_timeout
+        while self._buffer and time.monotonic() < until and self._append_batch(until):
+            pass
+        if self._buffer:
+            logger.error(
+                "relay stopped with %d event(s) not appended (destination unreachable)",
+                self.stats.buffered,
+            )
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop (from any thread or a signal handler)."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Stop and close the transports opened from URLs."""
+        self.stop()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5.0)
+        self._drop_subscription()
+        if getattr(self, "_owns_source", False):
+            self.source.close()
+        if self._owns_destination:
+            self.destination.close()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
