@@ -182,6 +182,8 @@ class Relay:
         #: (message to append, events it carries), in arrival order.
         self._buffer: deque[tuple[OutgoingMessage, int]] = deque()
         self._changed = threading.Condition()
+        #: Appends failed in a row (the backoff grows with it).
+        self._failures = 0
         #: Set once the source subscription exists (for callers waiting to publish).
         self.subscribed = threading.Event()
 
@@ -328,36 +330,33 @@ class Relay:
     # -- appending ------------------------------------------------------------------------
 
     def _append_batch(self, drain_until: float | None) -> bool:
-        """Append up to ``batch_size`` buffered messages, retrying while the destination is
-        away. False when there was nothing to append, or the relay is stopping and the
-        drain deadline passed."""
+        """Append up to ``batch_size`` buffered messages in one write. After a failure,
+        wait (backing off) and leave them buffered for the next call. False when there
+        was nothing to append, or the relay is stopping and the drain deadline passed."""
         with self._changed:
             batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
         if not batch:
             return False
         events = sum(count for _, count in batch)
-        first, cap = self.reconnect_delay
-        attempt = 0
         refused = False
-        while True:
-            try:
-                self.destination.publish(self.destination_exchange, [m for m, _ in batch])
-                break
-            except ConnectionLost as exc:
-                self.stats.append_failures += 1
-                delay = min(cap, first * 2**attempt) * random.uniform(0.5, 1.0)
-                attempt += 1
-                logger.warning("relay cannot append (%s); retry in %.2fs", exc, delay)
-                if drain_until is not None:
-                    if time.monotonic() + delay > drain_until:
-                        return False
-                    time.sleep(delay)
-                elif self._stop.wait(delay):
-                    return False
-            except TransportError as exc:
-                refused = True
-                logger.error("the destination refused %d event(s), not retrying: %s", events, exc)
-                break
+        try:
+            self.destination.publish(self.destination_exchange, [m for m, _ in batch])
+        except ConnectionLost as exc:
+            self.stats.append_failures += 1
+            first, cap = self.reconnect_delay
+            delay = min(cap, first * 2**self._failures) * random.uniform(0.5, 1.0)
+            self._failures += 1
+            logger.warning("relay cannot append (%s); retry in %.2fs", exc, delay)
+            if drain_until is None:
+                return not self._stop.wait(delay)
+            if time.monotonic() + delay > drain_until:
+                return False
+            time.sleep(delay)
+            return True
+        except TransportError as exc:
+            refused = True
+            logger.error("the destination refused %d event(s), not retrying: %s", events, exc)
+        self._failures = 0
         with self._changed:
             for _ in batch:
                 self._buffer.popleft()
