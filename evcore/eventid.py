@@ -77,6 +77,20 @@ class SeenWindow:
             known.pop(order.popleft(), None)
         return False
 
+    def recent(self, limit: int | None = None) -> list[tuple[str, int | None]]:
+        """The ``limit`` most recent keys (all by default) with their partitions, oldest
+        first: what a checkpoint saves and :meth:`restore` takes back."""
+        keys = list(self._order)
+        if limit is not None:
+            keys = keys[max(0, len(keys) - limit) :]
+        known = self._partition_of
+        return [(key, known[key]) for key in keys]
+
+    def restore(self, pairs: Iterable[tuple[str, int | None]]) -> None:
+        """Remember ``pairs`` (from :meth:`recent`) again, in their order."""
+        for key, partition in pairs:
+            self.seen(key, partition)
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop the keys first seen in ``partitions``."""
         dropped = frozenset(partitions)

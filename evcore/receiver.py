@@ -121,6 +121,7 @@ class Receiver:
         stream: StreamOptions | None = None,
         sequences: Mapping[str, int] | None = None,
         dedup_window: int = DEFAULT_WINDOW,
+        seen_ids: Iterable[tuple[str, int | None]] | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
@@ -184,6 +185,9 @@ class Receiver:
         #: Keys of the recent events that carried one (appended by ``evcore relay``): a
         #: second relay's copy of an event is dropped while its key is in this window.
         self._seen_ids = SeenWindow(dedup_window)
+        #: Keys restored from a checkpoint: they hold again for the partitions
+        #: ``on_assigned`` places at that checkpoint's positions (as ``sequences`` do).
+        self._restored_ids = list(seen_ids or ())
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -224,6 +228,7 @@ class Receiver:
             self._seen_ids.forget(fresh)
             chosen = dict(on_assigned(fresh) or {}) if on_assigned is not None and fresh else {}
             self._restore_lanes(frozenset(chosen).intersection(fresh))
+            self._restore_ids(frozenset(chosen).intersection(fresh))
             chosen.update({p: position for p, position in held.items() if position is not None})
             return chosen
 
@@ -246,6 +251,20 @@ class Receiver:
         for boot, seq in self._restored_seq.items():
             if boot.endswith(suffixes):
                 self._expected_seq[boot] = seq
+
+    def _restore_ids(self, partitions: frozenset[int]) -> None:
+        self._seen_ids.restore(
+            (key, partition)
+            for key, partition in self._restored_ids
+            if partition is None or partition in partitions
+        )
+
+    def seen_ids(self, limit: int | None = None) -> list[tuple[str, int | None]]:
+        """The most recent relay event keys (see :mod:`evcore.eventid`) with the partition
+        each came from, oldest first: saved with a checkpoint and given back as
+        ``seen_ids=``, so that a resumed receiver still drops a second relay's copy of an
+        event the checkpoint already holds."""
+        return self._seen_ids.recent(limit)
 
     def sequences(self) -> dict[str, int]:
         """The next sequence number expected per sender lane: saved with a checkpoint and

@@ -28,6 +28,7 @@ from evcore.registry import connect
 from evcore.relay import Relay
 from evcore.state import State
 from evcore.state.snapshot import snapshot
+from evcore.streammonitor import StreamMonitor
 from evcore.transport import EARLIEST, TOPIC, Exchange, OutgoingMessage, StreamOptions
 from evcore_memory import get_bus
 from evcore_memory.stream import get_broker
@@ -301,3 +302,53 @@ def test_the_cli_names_a_non_durable_destination() -> None:
     assert result.exit_code == 1
     assert "must be durable" in result.output
 
+
+
+class _GatedDestination:
+    """A durable transport whose appends wait for a gate: a relay lagging behind another."""
+
+    def __init__(self, url: str) -> None:
+        self.inner = connect(url)
+        self.driver_type = self.inner.driver_type
+        self.capabilities = self.inner.capabilities
+        self.gate = threading.Event()
+
+    def publish(self, exchange: Exchange, messages: Any) -> None:
+        self.gate.wait(5.0)
+        self.inner.publish(exchange, messages)
+
+    def subscribe(self, *args: Any) -> Any:
+        return self.inner.subscribe(*args)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_resumed_monitor_drops_a_late_copy_of_an_event_its_checkpoint_holds(
+    tmp_path: Path,
+) -> None:
+    """Relay B lags: its copies land after a monitor's checkpoint. The restarted monitor
+    restores the keys with the checkpoint and applies nothing twice."""
+    _, source, dest = _urls(partitions=2)
+    lagging = _GatedDestination(dest)
+    checkpoint = tmp_path / "monitor.json"
+    with _running(Relay(source, dest)) as first, _running(Relay(source, lagging)) as second:
+        with Dispatcher(source, hostname="w1@relay") as dispatcher:
+            for i in range(5):
+                dispatcher.send("task-received", uuid=f"t{i}", name="add")
+        _settled(first, 5)
+        monitor = StreamMonitor(dest, checkpoint)
+        monitor.run(duration=0.3)
+        monitor.close()
+        assert monitor.state.event_count == 5
+        lagging.gate.set()
+        with Dispatcher(source, hostname="w1@relay") as dispatcher:
+            dispatcher.send("task-received", uuid="t5", name="add")
+        _settled(first, 6)
+        _settled(second, 6)
+    resumed = StreamMonitor(dest, checkpoint)
+    resumed.run(duration=0.3)
+    resumed.close()
+    assert resumed.state.event_count == 6
+    assert resumed.receiver.stats.duplicates == 6
+    assert sorted(resumed.state.tasks) == [f"t{i}" for i in range(6)]
