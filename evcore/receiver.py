@@ -48,8 +48,9 @@ CLIENT_CLOCK_SKEW = -1
 #: How long one wait on the transport may last, so ``should_stop`` is seen promptly.
 POLL_INTERVAL = 1.0
 
-#: Senders whose sequence numbers are tracked at once; the least recently heard is forgotten.
-MAX_TRACKED_SENDERS = 10_000
+#: Sender lanes whose sequence numbers are tracked at once (a dispatcher has one lane per
+#: partition on a durable transport); the least recently heard is forgotten.
+MAX_TRACKED_SENDERS = 100_000
 
 
 @dataclass

@@ -142,6 +142,9 @@ class Relay:
         self._reader: threading.Thread | None = None
         self._subscription: Subscription | None = None
         self._owns_source = False
+        #: (message to append, events it carries), in arrival order.
+        self._buffer: deque[tuple[OutgoingMessage, int]] = deque()
+        self._changed = threading.Condition()
         self.destination, self._owns_destination = resolve_transport(destination)
         if not self.destination.capabilities.durable:
             if self._owns_destination:
@@ -158,7 +161,10 @@ class Relay:
             raise
         reason = events_disabled_because(self.source)
         if reason:
-            self.close()
+            if self._owns_source:
+                self.source.close()
+            if self._owns_destination:
+                self.destination.close()
             raise ConfigurationError(f"cannot relay from this source: {reason}")
         self.source_exchange = Exchange(exchange, rule_for(self.source.driver_type).exchange_type)
         self.destination_exchange = Exchange(
@@ -179,9 +185,6 @@ class Relay:
         self.reconnect_delay = reconnect_delay
         self.stats = RelayStats()
         self._window = SeenWindow(window)
-        #: (message to append, events it carries), in arrival order.
-        self._buffer: deque[tuple[OutgoingMessage, int]] = deque()
-        self._changed = threading.Condition()
         #: Appends failed in a row (the backoff grows with it).
         self._failures = 0
         #: Set once the source subscription exists (for callers waiting to publish).
@@ -390,11 +393,10 @@ class Relay:
         duration: float | None = None,
         stats_interval: float | None = None,
         on_stats: Callable[[RelayStats], Any] | None = None,
-        drain_timeout: float = 10.0,
     ) -> None:
-        """Relay until :meth:`stop` (or for ``duration`` seconds), calling ``on_stats``
-        every ``stats_interval`` seconds; then append what is still buffered, for at most
-        ``drain_timeout`` seconds."""
+        """Append what the source delivers until :meth:`stop` or for ``duration`` seconds,
+        calling ``on_stats`` every ``stats_interval`` seconds. The source keeps being read
+        into the buffer after a ``duration`` ends; :meth:`close` appends what is left."""
         self.start()
         end = None if duration is None else time.monotonic() + duration
         next_report = None if stats_interval is None else time.monotonic() + stats_interval
@@ -407,33 +409,31 @@ class Relay:
                 next_report = now + (stats_interval or 0.0)
             if not self._append_batch(None):
                 with self._changed:
-                    if not self._buffer:
+                    if not self._buffer and not self._stop.is_set():
                         self._changed.wait(0.1)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from any thread or a signal handler)."""
         self._stop.set()
-        if self._reader is not None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop reading the source, append what is still buffered (for at most
+        ``drain_timeout`` seconds), and close the transports opened from URLs."""
+        self.stop()
+        if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(timeout=5.0)
+        self._drop_subscription()
         until = time.monotonic() + drain_timeout
         while self._buffer and time.monotonic() < until and self._append_batch(until):
             pass
         if self._buffer:
             logger.error(
-                "relay stopped with %d event(s) not appended (destination unreachable)",
+                "relay closed with %d event(s) not appended (destination unreachable)",
                 self.stats.buffered,
             )
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to stop (from any thread or a signal handler)."""
-        self._stop.set()
-        with self._changed:
-            self._changed.notify_all()
-
-    def close(self) -> None:
-        """Stop and close the transports opened from URLs."""
-        self.stop()
-        if self._reader is not None and self._reader is not threading.current_thread():
-            self._reader.join(timeout=5.0)
-        self._drop_subscription()
-        if getattr(self, "_owns_source", False):
+        if self._owns_source:
             self.source.close()
         if self._owns_destination:
             self.destination.close()

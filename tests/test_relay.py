@@ -47,14 +47,14 @@ def _workload(n_tasks: int) -> list[tuple[str, dict[str, Any]]]:
 def _running(relay: Relay) -> Iterator[Relay]:
     relay.start()
     assert relay.subscribed.wait(2.0)
-    thread = threading.Thread(target=relay.run, kwargs={"drain_timeout": 2.0}, daemon=True)
+    thread = threading.Thread(target=relay.run, daemon=True)
     thread.start()
     try:
         yield relay
     finally:
         relay.stop()
         thread.join(timeout=5.0)
-        relay.close()
+        relay.close(drain_timeout=2.0)
 
 
 def _settled(relay: Relay, events: int, timeout: float = 5.0) -> None:

@@ -91,9 +91,8 @@ def relay(
             duration=duration,
             stats_interval=stats_interval,
             on_stats=lambda stats: click.echo(f"evcore relay: {stats_line(stats)}", err=True),
-            drain_timeout=drain_timeout,
         )
     finally:
-        engine.close()
+        engine.close(drain_timeout)
         click.echo(f"evcore relay: stopped: {stats_line(engine.stats)}", err=True)
     click.echo(json.dumps(engine.stats.as_dict()))
