@@ -10,7 +10,6 @@ drop the copies a second relay on the same source appends.
 >>> from evcore import Dispatcher, Receiver
 >>> from evcore.transport import EARLIEST, StreamOptions
 >>> relay = Relay("memory://docs-relay", "memory+stream://docs-relay?partitions=2")
->>> relay.start()  # subscribed from here on
 >>> with Dispatcher("memory://docs-relay", hostname="w1@example") as dispatcher:
 ...     _ = dispatcher.send("task-received", uuid="t1", name="add")
 >>> relay.run(duration=0.2)
@@ -24,10 +23,11 @@ drop the copies a second relay on the same source appends.
 (1, 't1')
 >>> reader.close()
 
-Two threads: one reads the source into a bounded buffer, the other appends what is buffered
-in batches (one pipelined write each). While the destination is away the buffer fills and
-the appends are retried; events arriving at a full buffer are counted in ``dropped`` (never
-accepted). A lost source connection is subscribed again with backoff.
+A relay is subscribed once constructed (when the source answers). Two threads: one reads
+the source into a bounded buffer, the other appends what is buffered in batches (one
+pipelined write each). While the destination is away the buffer fills and the appends are
+retried; events arriving at a full buffer are counted in ``dropped`` (never accepted). A
+lost source connection is subscribed again with backoff.
 """
 
 from __future__ import annotations
@@ -187,8 +187,15 @@ class Relay:
         self._window = SeenWindow(window)
         #: Appends failed in a row (the backoff grows with it).
         self._failures = 0
-        #: Set once the source subscription exists (for callers waiting to publish).
+        #: Set while the source subscription exists (for callers waiting to publish).
         self.subscribed = threading.Event()
+        try:
+            self._subscription = self.source.subscribe(
+                self.source_exchange, self.routing_key, self.queue
+            )
+            self.subscribed.set()
+        except ConnectionLost as exc:
+            logger.warning("relay cannot subscribe yet, will retry: %s", exc)
 
     # -- reading the source ---------------------------------------------------------------
 
@@ -373,16 +380,8 @@ class Relay:
     # -- running --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Subscribe to the source and start reading it (``run`` does it too). Returns once
-        subscribed, or at once if the source cannot be reached (the reader keeps trying)."""
+        """Start reading the source in a thread of its own (``run`` does it too)."""
         if self._reader is None:
-            try:
-                self._subscription = self.source.subscribe(
-                    self.source_exchange, self.routing_key, self.queue
-                )
-                self.subscribed.set()
-            except ConnectionLost as exc:
-                logger.warning("relay cannot subscribe yet, will retry: %s", exc)
             self._reader = threading.Thread(
                 target=self._read_source, name="evcore-relay-source", daemon=True
             )
