@@ -1,0 +1,67 @@
+"""``evcore relay`` from RabbitMQ (Celery's amqp:// layout, a topic exchange) into durable
+streams: the relay reads with the source's own exchange rule from a private queue."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from _amqp_support import delete_exchanges
+from _net import wait_for
+from celery import Celery
+
+from evcore import Receiver
+from evcore.relay import Relay
+from evcore.transport import EARLIEST, TOPIC, StreamOptions
+
+pytestmark = pytest.mark.amqp
+
+
+def test_celery_events_over_amqp_reach_the_stream_once_in_order(
+    amqp_url: str, exchange_name: str
+) -> None:
+    streams = f"memory+stream://{uuid.uuid4().hex}?partitions=3"
+    relay = Relay(amqp_url, streams, exchange=exchange_name)
+    assert relay.source_exchange.type == TOPIC
+    runner = threading.Thread(target=relay.run, daemon=True)
+    runner.start()
+    app = Celery("evcore-relay-amqp", broker=amqp_url, set_as_current=False)
+    app.conf.event_exchange = exchange_name
+    sent = [("task-received", f"t{n}") for n in range(40)]
+    sent += [("task-started", f"t{n}") for n in range(40)]
+    try:
+        with app.connection_for_write() as connection:
+            worker = app.events.Dispatcher(
+                connection, hostname="w1@relayamqp", buffer_group={"task"}
+            )
+            worker.send("worker-online", freq=2.0)
+            for type_, task_id in sent:
+                worker.send(type_, uuid=task_id, name="add")
+            worker.flush()
+            worker.close()
+        assert wait_for(lambda: relay.stats.forwarded == len(sent) + 1, timeout=15)
+    finally:
+        relay.stop()
+        runner.join(timeout=10)
+        relay.close()
+        app.close()
+        delete_exchanges(amqp_url, {exchange_name})
+    assert relay.stats.messages < len(sent)  # Celery's task.multi batches arrived as such
+    applied: list[dict[str, object]] = []
+    reader = Receiver(
+        streams,
+        handlers={"*": applied.append},
+        exchange=exchange_name,
+        stream=StreamOptions(start=EARLIEST),
+    )
+    reader.capture(limit=len(sent) + 1, timeout=5)
+    reader.capture(timeout=0.2)
+    reader.close()
+    assert len(applied) == len(sent) + 1
+    for n in range(40):
+        kinds = [e["type"] for e in applied if e.get("uuid") == f"t{n}"]
+        assert kinds == ["task-received", "task-started"]
+    # Appended to each of the 3 partitions, applied once.
+    assert [e["type"] for e in applied].count("worker-online") == 1
+    assert reader.stats.duplicates == 2
