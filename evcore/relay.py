@@ -116,7 +116,8 @@ class RelayStats:
 class Relay:
     """Append what a pub/sub source carries to a durable destination (module docs).
 
-    ``max_buffer``: events held while the destination is slow or away. ``batch_size``:
+    ``max_buffer`` and ``max_buffer_bytes``: events, and bytes of message bodies, held
+    while the destination is slow or away. ``batch_size``:
     most messages per append (one pipelined write). ``window``: event keys remembered to
     drop a sender's own resends. ``accept``: content types decoded (JSON only by default;
     never pickle).
@@ -130,14 +131,15 @@ class Relay:
         exchange: str = "celeryev",
         routing_key: str = "#",
         max_buffer: int = 100_000,
+        max_buffer_bytes: int = 256 * 1024 * 1024,
         batch_size: int = 1_000,
         window: int = DEFAULT_WINDOW,
         accept: Iterable[str] = ("application/json",),
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
     ) -> None:
-        if max_buffer < 1 or batch_size < 1:
-            raise ConfigurationError("max_buffer and batch_size must be positive")
+        if min(max_buffer, max_buffer_bytes, batch_size) < 1:
+            raise ConfigurationError("max_buffer, max_buffer_bytes and batch_size must be positive")
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._subscription: Subscription | None = None
@@ -179,6 +181,9 @@ class Relay:
         )
         self.partitions = self.destination.capabilities.partitions
         self.max_buffer = max_buffer
+        self.max_buffer_bytes = max_buffer_bytes
+        #: Bytes of the message bodies in the buffer.
+        self.buffered_bytes = 0
         self.batch_size = batch_size
         self.accept = codec.accepted_content_types(accept)
         self.max_message_bytes = max_message_bytes
@@ -258,11 +263,16 @@ class Relay:
         with self._changed:
             buffer = self._buffer
             for item in outgoing:
-                if stats.buffered + item[1] > self.max_buffer:
+                size = len(item[0].body)
+                if (
+                    stats.buffered + item[1] > self.max_buffer
+                    or self.buffered_bytes + size > self.max_buffer_bytes
+                ):
                     stats.dropped += item[1]
                     continue
                 buffer.append(item)
                 stats.buffered += item[1]
+                self.buffered_bytes += size
             self._changed.notify_all()
 
     def _appends_for(self, message: IncomingMessage) -> list[tuple[OutgoingMessage, int]]:
@@ -371,6 +381,7 @@ class Relay:
             for _ in batch:
                 self._buffer.popleft()
             self.stats.buffered -= events
+            self.buffered_bytes -= sum(len(message.body) for message, _ in batch)
             if refused:
                 self.stats.refused += events
             else:

@@ -213,6 +213,26 @@ def test_a_full_buffer_drops_and_counts_what_it_cannot_accept() -> None:
     assert [event["uuid"] for event in seen] == [f"t{i}" for i in range(10)]
 
 
+def test_the_buffer_is_bounded_in_bytes_too() -> None:
+    name, source, dest = _urls(partitions=1)
+    broker = get_broker(name, 1)
+    relay = Relay(source, dest, max_buffer_bytes=2_000, reconnect_delay=(0.01, 0.05))
+    with _running(relay):
+        broker.set_offline(True)
+        with Dispatcher(source, hostname="w1@relay") as dispatcher:
+            for i in range(10):
+                dispatcher.send("task-received", uuid=f"t{i}", name="add", args="x" * 300)
+        deadline = time.monotonic() + 3
+        while relay.stats.received < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert 0 < relay.buffered_bytes <= 2_000
+        broker.set_offline(False)
+        _settled(relay, 10)
+    assert relay.stats.dropped > 0
+    assert relay.stats.forwarded + relay.stats.dropped == 10
+    assert relay.buffered_bytes == 0
+
+
 def test_the_source_is_subscribed_again_after_it_went_away() -> None:
     name, source, dest = _urls(partitions=2)
     relay = Relay(source, dest, reconnect_delay=(0.01, 0.05))

@@ -41,6 +41,13 @@ def stats_line(stats: RelayStats) -> str:
     help="Events held while the destination is slow or away; more are dropped and counted.",
 )
 @click.option(
+    "--max-buffer-mb",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Megabytes of messages held while the destination is slow or away.",
+)
+@click.option(
     "--batch",
     "batch_size",
     type=click.IntRange(min=1),
@@ -62,6 +69,7 @@ def relay(
     exchange: str,
     stats_interval: float,
     max_buffer: int,
+    max_buffer_mb: int,
     batch_size: int,
     drain_timeout: float,
     duration: float | None,
@@ -74,7 +82,12 @@ def relay(
     (SIGTERM, SIGINT, --duration) the final counters are printed as one JSON line.
     """
     engine = Relay(
-        source_url, dest_url, exchange=exchange, max_buffer=max_buffer, batch_size=batch_size
+        source_url,
+        dest_url,
+        exchange=exchange,
+        max_buffer=max_buffer,
+        max_buffer_bytes=max_buffer_mb * 1024 * 1024,
+        batch_size=batch_size,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
