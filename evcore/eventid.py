@@ -36,12 +36,12 @@ EVENT_ID_HEADER = "evcore-event-ids"
 #: fewer than this many other events arrived in between.
 DEFAULT_WINDOW = 100_000
 
-_KEY_FIELDS = ("hostname", "pid", "type", "uuid", "clock", "timestamp")
-
-
 def event_id(event: Mapping[str, Any]) -> str:
     """The idempotency key of a decoded event: 20 hex digits."""
-    identity = repr(tuple(event.get(name) for name in _KEY_FIELDS))
+    get = event.get
+    identity = repr(
+        (get("hostname"), get("pid"), get("type"), get("uuid"), get("clock"), get("timestamp"))
+    )
     return hashlib.blake2b(
         identity.encode("utf-8", "surrogatepass"), digest_size=10
     ).hexdigest()

@@ -294,10 +294,52 @@ class Relay:
             stats.unparseable[exc.reason] += 1
             logger.warning("relay skipped a message on %r: %s", message.routing_key, exc)
             return []
-        items = body if isinstance(body, list) else [body]
+        if body.__class__ is dict:
+            return self._append_event(message, body)
+        if body.__class__ is not list:
+            stats.unparseable["not-an-event"] += 1
+            return []
+        return self._append_batch_of(message, body)
+
+    def _headers(self, message: IncomingMessage, keys: list[str]) -> dict[str, Any]:
+        """What an append carries: the source's hostname header (bounded) and the keys."""
+        hostname = message.headers.get("hostname")
+        if hostname.__class__ is str:
+            return {"hostname": hostname[:MAX_HOSTNAME], EVENT_ID_HEADER: keys}
+        return {EVENT_ID_HEADER: keys}
+
+    def _append_event(
+        self, message: IncomingMessage, event: dict[str, Any]
+    ) -> list[tuple[OutgoingMessage, int]]:
+        """One event, the common case: appended with the message's own bytes."""
+        stats = self.stats
+        if event.get("type").__class__ is not str:
+            stats.unparseable["not-an-event"] += 1
+            return []
+        stats.received += 1
+        key = event_id(event)
+        if self._window.seen(key):
+            stats.duplicates += 1
+            return []
+        outgoing = OutgoingMessage(
+            message.routing_key,
+            message.body,
+            self._headers(message, [key]),
+            message.content_type or codec.JSON,
+            message.content_encoding or "utf-8",
+            partition=self._partition_of(event),
+        )
+        return [(outgoing, 1)]
+
+    def _append_batch_of(
+        self, message: IncomingMessage, items: list[Any]
+    ) -> list[tuple[OutgoingMessage, int]]:
+        """A batch (``task.multi``): one append per partition its events go to, the
+        message's own bytes when they all go to one."""
+        stats = self.stats
         events = []
         for item in items:
-            if isinstance(item, dict) and isinstance(item.get("type"), str):
+            if item.__class__ is dict and item.get("type").__class__ is str:
                 events.append(item)
             else:
                 stats.unparseable["not-an-event"] += 1
@@ -312,28 +354,19 @@ class Relay:
             group, keys = by_partition.setdefault(self._partition_of(event), ([], []))
             group.append(event)
             keys.append(key)
-        if not by_partition:
-            return []
-        headers: dict[str, Any] = {}
-        hostname = message.headers.get("hostname")
-        if isinstance(hostname, str):
-            headers["hostname"] = hostname[:MAX_HOSTNAME]
         whole = len(by_partition) == 1 and len(events) == len(items)
         out = []
         for partition, (group, keys) in by_partition.items():
             if whole:
-                raw, content_type, encoding = (
-                    message.body,
-                    message.content_type or codec.JSON,
-                    message.content_encoding or "utf-8",
-                )
+                raw = message.body
+                content_type = message.content_type or codec.JSON
+                encoding = message.content_encoding or "utf-8"
             else:
-                payload: Any = group if isinstance(body, list) else group[0]
-                raw, content_type, encoding = codec.dumps(payload), codec.JSON, "utf-8"
+                raw, content_type, encoding = codec.dumps(group), codec.JSON, "utf-8"
             outgoing = OutgoingMessage(
                 message.routing_key,
                 raw,
-                {**headers, EVENT_ID_HEADER: keys},
+                self._headers(message, keys),
                 content_type,
                 encoding,
                 partition=partition,
