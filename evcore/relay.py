@@ -120,7 +120,9 @@ class Relay:
     while the destination is slow or away. ``batch_size``:
     most messages per append (one pipelined write). ``window``: event keys remembered to
     drop a sender's own resends. ``accept``: content types decoded (JSON only by default;
-    never pickle).
+    never pickle). ``queue``: on a source that keeps queues (``amqp://``), read from this
+    named durable queue, which the broker keeps (up to ``queue_max_length`` messages) while
+    the relay is away, instead of a private one that goes with the relay.
     """
 
     def __init__(
@@ -137,6 +139,8 @@ class Relay:
         accept: Iterable[str] = ("application/json",),
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
+        queue: str | None = None,
+        queue_max_length: int = 1_000_000,
     ) -> None:
         if min(max_buffer, max_buffer_bytes, batch_size) < 1:
             raise ConfigurationError("max_buffer, max_buffer_bytes and batch_size must be positive")
@@ -162,6 +166,11 @@ class Relay:
                 self.destination.close()
             raise
         reason = events_disabled_because(self.source)
+        if queue is not None and "durable" not in self.source.capabilities.queue_options:
+            reason = (
+                f"a named queue needs a source that keeps queues; {self.source.driver_type!r} "
+                "keeps nothing for an absent subscriber"
+            )
         if reason:
             if self._owns_source:
                 self.source.close()
@@ -173,11 +182,23 @@ class Relay:
             exchange, rule_for(self.destination.driver_type).exchange_type
         )
         self.routing_key = routing_key
-        self.queue = QueueOptions(
-            name=f"evcore-relay.{uuid.uuid4().hex}",
-            exclusive=True,
-            auto_delete=True,
-            message_ttl=None,
+        self.queue = (
+            QueueOptions(
+                name=f"evcore-relay.{uuid.uuid4().hex}",
+                exclusive=True,
+                auto_delete=True,
+                message_ttl=None,
+            )
+            if queue is None
+            else QueueOptions(
+                name=queue,
+                exclusive=False,
+                auto_delete=False,
+                durable=True,
+                message_ttl=None,
+                expires=None,
+                max_length=queue_max_length,
+            )
         )
         self.partitions = self.destination.capabilities.partitions
         self.max_buffer = max_buffer

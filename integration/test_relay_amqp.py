@@ -7,11 +7,11 @@ import threading
 import uuid
 
 import pytest
-from _amqp_support import delete_exchanges
+from _amqp_support import delete_exchanges, probe
 from _net import wait_for
 from celery import Celery
 
-from evcore import Receiver
+from evcore import Dispatcher, Receiver
 from evcore.relay import Relay
 from evcore.transport import EARLIEST, TOPIC, StreamOptions
 
@@ -65,3 +65,42 @@ def test_celery_events_over_amqp_reach_the_stream_once_in_order(
     # Appended to each of the 3 partitions, applied once.
     assert [e["type"] for e in applied].count("worker-online") == 1
     assert reader.stats.duplicates == 2
+
+
+def test_a_named_queue_keeps_what_is_published_while_the_relay_is_away(
+    amqp_url: str, exchange_name: str
+) -> None:
+    streams = f"memory+stream://{uuid.uuid4().hex}?partitions=2"
+    queue = f"evtest-relay-{uuid.uuid4().hex[:10]}"
+    source = Dispatcher(amqp_url, hostname="w1@relayqueue", exchange=exchange_name)
+    try:
+        first = Relay(amqp_url, streams, exchange=exchange_name, queue=queue)
+        for n in range(10):
+            source.send("task-received", uuid=f"before-{n}", name="add")
+        first.run(duration=0.5)
+        first.close()
+        assert first.stats.forwarded == 10
+        for n in range(10):  # no relay running: the broker keeps them in the queue
+            source.send("task-received", uuid=f"away-{n}", name="add")
+        second = Relay(amqp_url, streams, exchange=exchange_name, queue=queue)
+        assert wait_for(lambda: (second.run(duration=0.1), second.stats.forwarded)[1] == 10)
+        second.close()
+    finally:
+        source.close()
+        connection = probe(amqp_url)
+        connection.channel().queue_delete(queue)
+        connection.close()
+        delete_exchanges(amqp_url, {exchange_name})
+    applied: list[dict[str, object]] = []
+    reader = Receiver(
+        streams,
+        handlers={"*": applied.append},
+        exchange=exchange_name,
+        stream=StreamOptions(start=EARLIEST),
+    )
+    reader.capture(limit=20, timeout=5)
+    reader.close()
+    assert sorted(str(e["uuid"]) for e in applied) == sorted(
+        [f"before-{n}" for n in range(10)] + [f"away-{n}" for n in range(10)]
+    )
+

@@ -263,6 +263,12 @@ def test_a_sender_resend_is_appended_once() -> None:
     assert (relay.stats.forwarded, relay.stats.duplicates) == (1, 1)
 
 
+def test_a_named_queue_needs_a_source_that_keeps_queues() -> None:
+    _, source, dest = _urls()
+    with pytest.raises(ConfigurationError, match="keeps nothing"):
+        Relay(source, dest, queue="relay-a")
+
+
 def test_a_non_durable_destination_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="must be durable"):
         Relay("memory://a", f"memory://{uuid.uuid4().hex}")

@@ -62,6 +62,11 @@ def stats_line(stats: RelayStats) -> str:
     show_default=True,
     help="On exit, seconds spent appending what is still buffered.",
 )
+@click.option(
+    "--queue",
+    help="amqp:// sources: read from this named durable queue, kept by the broker while the "
+    "relay is away (one name per relay; delete it when retiring the relay).",
+)
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 def relay(
     source_url: str,
@@ -72,6 +77,7 @@ def relay(
     max_buffer_mb: int,
     batch_size: int,
     drain_timeout: float,
+    queue: str | None,
     duration: float | None,
 ) -> None:
     """Append every event published on SOURCE_URL (pub/sub, where Celery workers send
@@ -88,6 +94,7 @@ def relay(
         max_buffer=max_buffer,
         max_buffer_bytes=max_buffer_mb * 1024 * 1024,
         batch_size=batch_size,
+        queue=queue,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:
