@@ -93,7 +93,7 @@ class RelayStats:
     buffered: int = 0
     #: Appends that failed because the destination was unreachable (then retried).
     append_failures: int = 0
-    #: Times the source subscription was lost and made again.
+    #: Times the source connection was lost (each followed by a new subscription).
     source_reconnects: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -117,12 +117,12 @@ class Relay:
     """Append what a pub/sub source carries to a durable destination (module docs).
 
     ``max_buffer`` and ``max_buffer_bytes``: events, and bytes of message bodies, held
-    while the destination is slow or away. ``batch_size``:
-    most messages per append (one pipelined write). ``window``: event keys remembered to
-    drop a sender's own resends. ``accept``: content types decoded (JSON only by default;
-    never pickle). ``queue``: on a source that keeps queues (``amqp://``), read from this
-    named durable queue, which the broker keeps (up to ``queue_max_length`` messages) while
-    the relay is away, instead of a private one that goes with the relay.
+    while the destination is slow or away. ``batch_size``: most messages per append (one
+    pipelined write). ``window``: event keys remembered to drop a sender's own resends.
+    ``accept``: content types decoded (JSON only by default; never pickle). ``queue``: on a
+    source that keeps queues (``amqp://``), read from this named durable queue, which the
+    broker keeps (up to ``queue_max_length`` messages) while the relay is away, instead of
+    a private one that goes with the relay.
     """
 
     def __init__(
@@ -215,6 +215,8 @@ class Relay:
         self._failures = 0
         #: Set while the source subscription exists (for callers waiting to publish).
         self.subscribed = threading.Event()
+        #: Why the source reader stopped on its own (then the relay stops), or None.
+        self.error: Exception | None = None
         try:
             self._subscription = self.source.subscribe(
                 self.source_exchange, self.routing_key, self.queue
@@ -222,6 +224,12 @@ class Relay:
             self.subscribed.set()
         except ConnectionLost as exc:
             logger.warning("relay cannot subscribe yet, will retry: %s", exc)
+        except BaseException:
+            if self._owns_source:
+                self.source.close()
+            if self._owns_destination:
+                self.destination.close()
+            raise
 
     # -- reading the source ---------------------------------------------------------------
 
@@ -245,6 +253,18 @@ class Relay:
             return subscription
 
     def _read_source(self) -> None:
+        try:
+            self._read_until_stopped()
+        except Exception as exc:
+            # Not a lost connection (those are retried): a refusal such as a queue that
+            # cannot be declared. The relay stops rather than run without a source.
+            logger.exception("relay stopped reading the source")
+            self.error = exc
+            self.stop()
+        finally:
+            self._drop_subscription()
+
+    def _read_until_stopped(self) -> None:
         subscription = self._subscription
         while not self._stop.is_set():
             try:
@@ -262,7 +282,6 @@ class Relay:
                 continue
             if messages:
                 self._accept(messages)
-        self._drop_subscription()
 
     def _drop_subscription(self) -> None:
         subscription, self._subscription = self._subscription, None

@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.workload import make_events, sendable
 from evcore import Dispatcher, Receiver
 from evcore.cli import cli
-from evcore.errors import ConfigurationError
+from evcore.errors import ChannelError, ConfigurationError, ConnectionLost
 from evcore.eventid import EVENT_ID_HEADER, SeenWindow, event_id
 from evcore.registry import connect
 from evcore.relay import Relay
 from evcore.state import State
 from evcore.state.snapshot import snapshot
 from evcore.streammonitor import StreamMonitor
-from evcore.transport import EARLIEST, TOPIC, Exchange, OutgoingMessage, StreamOptions
+from evcore.transport import EARLIEST, TOPIC, Capabilities, Exchange, OutgoingMessage, StreamOptions
 from evcore_memory import get_bus
 from evcore_memory.stream import get_broker
 
@@ -267,6 +267,53 @@ def test_a_named_queue_needs_a_source_that_keeps_queues() -> None:
     _, source, dest = _urls()
     with pytest.raises(ConfigurationError, match="keeps nothing"):
         Relay(source, dest, queue="relay-a")
+
+
+class _LostSubscription:
+    def receive(self, timeout: float | None = None) -> list[Any]:
+        raise ConnectionLost("the broker went away")
+
+    def close(self) -> None:
+        pass
+
+
+class _RefusingSource:
+    """A source that loses its connection, then refuses the new subscription (a channel
+    error, such as a queue that cannot be declared again, not an outage)."""
+
+    driver_type = "memory"
+    capabilities = Capabilities()
+
+    def __init__(self) -> None:
+        self.subscriptions = 0
+
+    def publish(self, exchange: Exchange, messages: Any) -> None:
+        raise ChannelError("publishing is not what a relay does")
+
+    def subscribe(self, *args: Any) -> Any:
+        self.subscriptions += 1
+        if self.subscriptions == 1:
+            return _LostSubscription()
+        raise ChannelError("queue 'relay-a' is declared with other arguments")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_source_refusal_stops_the_relay_and_says_why() -> None:
+    _, _, dest = _urls()
+    relay = Relay(_RefusingSource(), dest)
+    relay.run(duration=5.0)  # returns at once: the reader stopped the relay
+    relay.close()
+    assert isinstance(relay.error, ChannelError)
+    assert relay.stats.source_reconnects == 1
+
+
+def test_a_refusal_at_start_is_raised() -> None:
+    source = _RefusingSource()
+    source.subscriptions = 1
+    with pytest.raises(ChannelError, match="other arguments"):
+        Relay(source, f"memory+stream://{uuid.uuid4().hex}")
 
 
 def test_a_non_durable_destination_is_refused() -> None:

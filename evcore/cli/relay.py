@@ -8,7 +8,7 @@ from types import FrameType
 
 import click
 
-from evcore.cli.common import safe_url
+from evcore.cli.common import one_line, safe_url
 from evcore.relay import Relay, RelayStats
 
 
@@ -116,3 +116,5 @@ def relay(
         engine.close(drain_timeout)
         click.echo(f"evcore relay: stopped: {stats_line(engine.stats)}", err=True)
     click.echo(json.dumps(engine.stats.as_dict()))
+    if engine.error is not None:
+        raise click.ClickException(f"the relay stopped: {one_line(str(engine.error))}")
