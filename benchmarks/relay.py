@@ -32,27 +32,9 @@ from typing import Any
 
 from benchmarks.common import PYTHON, ROOT, Child, Row, Settings, log
 from benchmarks.dispatch import e2e_run, exchange_name
+from benchmarks.durable import PARTITIONS, drop_keys, stream_url
 
 SECTION = "7. Relay (Celery pub/sub -> Redis Streams)"
-PARTITIONS = 4
-
-
-def stream_url(redis_url: str, prefix: str) -> str:
-    base = redis_url.replace("redis://", "redis+streams://", 1)
-    joiner = "&" if "?" in base else "?"
-    return f"{base}{joiner}partitions={PARTITIONS}&prefix={prefix}"
-
-
-def drop_keys(redis_url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    finally:
-        client.close()
 
 
 class RelayChild:

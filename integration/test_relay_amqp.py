@@ -18,6 +18,18 @@ from evcore.transport import EARLIEST, TOPIC, StreamOptions
 pytestmark = pytest.mark.amqp
 
 
+def _reader(streams: str, exchange: str) -> tuple[list[dict[str, object]], Receiver]:
+    """A monitor of the streams from their earliest event, keeping what it applies."""
+    applied: list[dict[str, object]] = []
+    reader = Receiver(
+        streams,
+        handlers={"*": applied.append},
+        exchange=exchange,
+        stream=StreamOptions(start=EARLIEST),
+    )
+    return applied, reader
+
+
 def test_celery_events_over_amqp_reach_the_stream_once_in_order(
     amqp_url: str, exchange_name: str
 ) -> None:
@@ -48,13 +60,7 @@ def test_celery_events_over_amqp_reach_the_stream_once_in_order(
         app.close()
         delete_exchanges(amqp_url, {exchange_name})
     assert relay.stats.messages < len(sent)  # Celery's task.multi batches arrived as such
-    applied: list[dict[str, object]] = []
-    reader = Receiver(
-        streams,
-        handlers={"*": applied.append},
-        exchange=exchange_name,
-        stream=StreamOptions(start=EARLIEST),
-    )
+    applied, reader = _reader(streams, exchange_name)
     reader.capture(limit=len(sent) + 1, timeout=5)
     reader.capture(timeout=0.2)
     reader.close()
@@ -91,13 +97,7 @@ def test_a_named_queue_keeps_what_is_published_while_the_relay_is_away(
         connection.channel().queue_delete(queue)
         connection.close()
         delete_exchanges(amqp_url, {exchange_name})
-    applied: list[dict[str, object]] = []
-    reader = Receiver(
-        streams,
-        handlers={"*": applied.append},
-        exchange=exchange_name,
-        stream=StreamOptions(start=EARLIEST),
-    )
+    applied, reader = _reader(streams, exchange_name)
     reader.capture(limit=20, timeout=5)
     reader.close()
     assert sorted(str(e["uuid"]) for e in applied) == sorted(
