@@ -45,6 +45,7 @@ from typing import Any
 
 from evcore import codec
 from evcore._connect import resolve_transport
+from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, MessageRejected, TransportError
 from evcore.eventid import DEFAULT_WINDOW, EVENT_ID_HEADER, SeenWindow, event_id
 from evcore.routing import events_disabled_because, rule_for
@@ -65,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 #: Longest hostname header forwarded; anything longer is cut (publishers are not trusted).
 MAX_HOSTNAME = 255
+
+#: evcore senders whose sequence numbers are followed at once; the least recently heard is
+#: forgotten.
+MAX_TRACKED_SENDERS = 10_000
 
 
 @dataclass
@@ -95,6 +100,9 @@ class RelayStats:
     append_failures: int = 0
     #: Times the source connection was lost (each followed by a new subscription).
     source_reconnects: int = 0
+    #: Events known lost on the way to the relay, from the sequence headers of evcore's
+    #: own senders (Celery's carry none: their losses cannot be seen).
+    lost: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as plain values (``unparseable`` as a total and by reason)."""
@@ -110,6 +118,7 @@ class RelayStats:
             "buffered": self.buffered,
             "append_failures": self.append_failures,
             "source_reconnects": self.source_reconnects,
+            "lost": self.lost,
         }
 
 
@@ -211,6 +220,8 @@ class Relay:
         self.reconnect_delay = reconnect_delay
         self.stats = RelayStats()
         self._window = SeenWindow(window)
+        #: Next sequence number expected per evcore sender (most recently heard last).
+        self._expected_seq: dict[str, int] = {}
         #: Appends failed in a row (the backoff grows with it).
         self._failures = 0
         #: Set while the source subscription exists (for callers waiting to publish).
@@ -335,11 +346,25 @@ class Relay:
             logger.warning("relay skipped a message on %r: %s", message.routing_key, exc)
             return []
         if body.__class__ is dict:
+            self._count_gap(message.headers, 1)
             return self._append_event(message, body)
         if body.__class__ is not list:
             stats.unparseable["not-an-event"] += 1
             return []
+        self._count_gap(message.headers, len(body))
         return self._append_batch_of(message, body)
+
+    def _count_gap(self, headers: Mapping[str, Any], count: int) -> None:
+        """Count events an evcore sender numbered that never reached the relay."""
+        boot, seq = headers.get(BOOT_HEADER), headers.get(SEQ_HEADER)
+        if boot.__class__ is not str or seq.__class__ is not int:
+            return
+        expected = self._expected_seq.pop(boot, None)
+        if expected is not None and seq > expected:
+            self.stats.lost += seq - expected
+        self._expected_seq[boot] = max(seq + count, expected or 0)
+        if len(self._expected_seq) > MAX_TRACKED_SENDERS:
+            del self._expected_seq[next(iter(self._expected_seq))]
 
     def _headers(self, message: IncomingMessage, keys: list[str]) -> dict[str, Any]:
         """What an append carries: the source's hostname header (bounded) and the keys."""

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.workload import make_events, sendable
 from evcore import Dispatcher, Receiver
 from evcore.cli import cli
+from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
 from evcore.errors import ChannelError, ConfigurationError, ConnectionLost
 from evcore.eventid import EVENT_ID_HEADER, SeenWindow, event_id
 from evcore.registry import connect
@@ -249,6 +250,27 @@ def test_the_source_is_subscribed_again_after_it_went_away() -> None:
     assert relay.stats.source_reconnects >= 1
     _, _, seen = _read_all(dest, 1)
     assert [event["uuid"] for event in seen] == ["after"]
+
+
+def test_gaps_in_an_evcore_senders_sequence_are_counted_lost() -> None:
+    _, source, dest = _urls(partitions=2)
+    transport = connect(source)
+
+    def message(seq: int, events: int) -> OutgoingMessage:
+        body = [{"type": "task-started", "uuid": f"t{seq + i}", "clock": seq + i}
+                for i in range(events)]
+        headers = {BOOT_HEADER: "boot-1", SEQ_HEADER: seq}
+        return OutgoingMessage("task.multi", json.dumps(body).encode(), headers)
+
+    with _running(Relay(source, dest)) as relay:
+        # 1-2, then 3 and 4 never arrive, 5, then 6-9 missing, 10-12.
+        transport.publish(
+            Exchange("celeryev", TOPIC), [message(1, 2), message(5, 1), message(10, 3)]
+        )
+        _settled(relay, 6)
+    transport.close()
+    assert relay.stats.lost == 2 + 4
+    assert relay.stats.forwarded == 6
 
 
 def test_a_sender_resend_is_appended_once() -> None:
