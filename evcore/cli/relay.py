@@ -106,6 +106,8 @@ def relay(
     engine.start()
     if engine.subscribed.wait(5.0):
         click.echo("evcore relay: subscribed to the source", err=True)
+    else:
+        click.echo("evcore relay: cannot reach the source yet; retrying", err=True)
     try:
         engine.run(
             duration=duration,
