@@ -447,3 +447,40 @@ def test_a_resumed_monitor_drops_a_late_copy_of_an_event_its_checkpoint_holds(
     assert resumed.state.event_count == 6
     assert resumed.receiver.stats.duplicates == 6
     assert sorted(resumed.state.tasks) == [f"t{i}" for i in range(6)]
+
+
+def test_a_group_reading_two_relays_copies_applies_each_event_once_after_a_takeover() -> None:
+    """Members of a group each drop the second relay's copies; the member that takes over a
+    dead member's partitions rebuilds them from history with each event applied once."""
+    _, source, dest = _urls(partitions=4)
+    events = _workload(80)
+    with _running(Relay(source, dest)) as first_relay, _running(Relay(source, dest)) as other:
+        with Dispatcher(source, hostname="w1@relay", buffer_group=("task",)) as dispatcher:
+            for type_, fields in events:
+                dispatcher.send(type_, **fields)
+        _settled(first_relay, len(events))
+        _settled(other, len(events))
+    single, _, _ = _read_all(dest, len(events))
+    assert single.event_count == len(events)
+
+    def replay(partitions: frozenset[int]) -> dict[int, str]:
+        return dict.fromkeys(partitions, EARLIEST)
+
+    members = []
+    for i in range(2):
+        state = State(max_tasks_in_memory=None)
+        options = StreamOptions(group="g", member=f"m{i}", lease=0.3, on_assigned=replay)
+        members.append((state, Receiver(dest, handlers={"*": state.event}, stream=options)))
+    (_, dead), (state, survivor) = members
+    dead.capture(limit=40, timeout=0.5)  # reads a little, then stops renewing its lease
+    for _ in range(80):
+        survivor.capture(timeout=0.05)
+        if survivor.assignment() == frozenset(range(4)):
+            break
+    assert survivor.assignment() == frozenset(range(4))
+    survivor.capture(timeout=0.3)
+    dead.close()
+    survivor.close()
+    assert state.event_count == len(events)
+    assert survivor.stats.duplicates > 0
+    assert _tasks(snapshot(state)) == _tasks(snapshot(single))
