@@ -98,7 +98,7 @@ class RelayStats:
     buffered: int = 0
     #: Appends that failed because the destination was unreachable (then retried).
     append_failures: int = 0
-    #: Times the source connection was lost (each followed by a new subscription).
+    #: Times the source subscription was made again after its connection was lost.
     source_reconnects: int = 0
     #: Events known lost on the way to the relay, from the sequence headers of evcore's
     #: own senders (Celery's carry none: their losses cannot be seen).
@@ -277,10 +277,14 @@ class Relay:
 
     def _read_until_stopped(self) -> None:
         subscription = self._subscription
+        reconnecting = False
         while not self._stop.is_set():
             try:
                 if subscription is None:
                     subscription = self._subscribe()
+                    if reconnecting:
+                        self.stats.source_reconnects += 1
+                        reconnecting = False
                 messages = subscription.receive(0.2)
             except ConnectionLost as exc:
                 if self._stop.is_set():
@@ -289,7 +293,7 @@ class Relay:
                 self.subscribed.clear()
                 self._drop_subscription()
                 subscription = None
-                self.stats.source_reconnects += 1
+                reconnecting = True
                 continue
             if messages:
                 self._accept(messages)
