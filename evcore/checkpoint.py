@@ -39,7 +39,8 @@ class Checkpoint:
 
     state: Mapping[str, Any]
     positions: dict[int, str] = field(default_factory=dict)
-    sequences: dict[str, int] = field(default_factory=dict)
+    #: The receiver's sequence lanes (``Receiver.sequences()``): JSON-serialisable.
+    sequences: dict[str, Any] = field(default_factory=dict)
     saved_at: float = 0.0
     #: The most recent relay event keys with their partitions (``Receiver.seen_ids``).
     seen_ids: list[tuple[str, int | None]] = field(default_factory=list)
@@ -96,7 +97,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
         raise CheckpointError(f"{path}: unsupported checkpoint version {data.get('version')!r}")
     try:
         positions = {int(p): str(position) for p, position in data["positions"].items()}
-        sequences = {str(lane): int(seq) for lane, seq in data["sequences"].items()}
+        sequences = dict(data["sequences"])
         seen_ids = [
             (str(key), None if partition is None else int(partition))
             for key, partition in data.get("seen_ids", [])
