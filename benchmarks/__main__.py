@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import dispatch, durable, inproc, raw, report
+from benchmarks import dispatch, durable, inproc, raw, relay, report
 from benchmarks.common import ROOT, Row, Settings, log, pika_parameters, settings_for
 
 SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
@@ -24,6 +24,7 @@ SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
     "memory": inproc.memory_section,
     "raw": raw.raw_section,
     "durable": durable.durable_section,
+    "relay": relay.relay_section,
 }
 
 
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         report.write(
             rows,
             out,
-            out.with_name("results.png"),
+            # RESULTS.md -> results.png; any other name gets a plot of its own name.
+            out.with_name("results.png") if out.name == "RESULTS.md" else out.with_suffix(".png"),
             command.strip(),
             elapsed,
             redis_version,

@@ -6,6 +6,7 @@ leaves either the previous checkpoint or the new one, never a torn file::
 
     {"format": "evcore.checkpoint", "version": 1, "saved_at": 1700000000.0,
      "positions": {"0": "1700000000000-3", ...}, "sequences": {"<boot>/0": 42, ...},
+     "seen_ids": [["<relay event key>", 0], ...],
      "state": {... evcore.state snapshot ...}}
 """
 
@@ -41,6 +42,8 @@ class Checkpoint:
     #: The receiver's sequence lanes (``Receiver.sequences()``): JSON-serialisable.
     sequences: dict[str, Any] = field(default_factory=dict)
     saved_at: float = 0.0
+    #: The most recent relay event keys with their partitions (``Receiver.seen_ids``).
+    seen_ids: list[tuple[str, int | None]] = field(default_factory=list)
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:
@@ -53,6 +56,7 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
             "saved_at": checkpoint.saved_at or time.time(),
             "positions": {str(p): position for p, position in checkpoint.positions.items()},
             "sequences": checkpoint.sequences,
+            "seen_ids": checkpoint.seen_ids,
             "state": checkpoint.state,
         }
     )
@@ -94,7 +98,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
     try:
         positions = {int(p): str(position) for p, position in data["positions"].items()}
         sequences = dict(data["sequences"])
+        seen_ids = [
+            (str(key), None if partition is None else int(partition))
+            for key, partition in data.get("seen_ids", [])
+        ]
         state = data["state"]
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint: {exc}") from None
-    return Checkpoint(state, positions, sequences, float(data.get("saved_at", 0.0)))
+    saved_at = float(data.get("saved_at", 0.0))
+    return Checkpoint(state, positions, sequences, saved_at, seen_ids)

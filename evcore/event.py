@@ -12,9 +12,6 @@ from typing import Any
 #: ``<boot id>/<partition>`` (``/-1`` for the copies appended to every partition).
 BOOT_HEADER = "evcore-boot"
 SEQ_HEADER = "evcore-seq"
-#: Header of a forwarded event (``evcore relay``): a key derived from the event's own
-#: fields, the same whichever relay forwarded it, so receivers drop the second copy.
-IDEMPOTENCY_HEADER = "evcore-idem"
 
 
 def Event(type: str, _fields: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from evcore import _live, codec
 from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
-from evcore.event import BOOT_HEADER, IDEMPOTENCY_HEADER, SEQ_HEADER
+from evcore.event import BOOT_HEADER, SEQ_HEADER
+from evcore.eventid import DEFAULT_WINDOW, EVENT_ID_HEADER, SeenWindow
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, events_disabled_because, exchange_type_for
 from evcore.transport import (
@@ -54,9 +55,6 @@ POLL_INTERVAL = 1.0
 #: partition on a durable transport); the least recently heard is forgotten.
 MAX_TRACKED_SENDERS = 100_000
 
-#: Idempotency keys of forwarded events remembered, to drop the copy a second relay sends.
-MAX_IDEMPOTENCY_KEYS = 200_000
-
 #: The lane of the copies a dispatcher appends to every partition of a durable transport.
 EVERY_LANE = f"/{EVERY_PARTITION}"
 #: Numbers of such copies seen ahead of the slowest partition that are remembered.
@@ -81,7 +79,8 @@ class ReceiverStats:
     #: headers; Celery's own senders carry none, so their losses cannot be seen).
     lost_events: Counter[str] = field(default_factory=Counter)
     #: Messages received twice (a resend after a failed publish, a copy appended to
-    #: every partition, a re-read after a takeover) and dropped.
+    #: every partition, a re-read after a takeover) and dropped; for messages appended by
+    #: ``evcore relay`` (keyed per event), the events dropped as copies.
     duplicates: int = 0
     #: Durable transports: messages retention removed before they were read (the events
     #: themselves are counted in ``lost_events`` through the sequence headers).
@@ -152,6 +151,8 @@ class Receiver:
         on_connection_change: ConnectionHandler | None = None,
         stream: StreamOptions | None = None,
         sequences: Mapping[str, Any] | None = None,
+        dedup_window: int = DEFAULT_WINDOW,
+        seen_ids: Iterable[tuple[str, int | None]] | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
@@ -227,10 +228,15 @@ class Receiver:
             for lane, state in restored.items()
             if lane.endswith(EVERY_LANE)
         }
-        self._seen_keys: dict[str, None] = {}
         #: Sequence lanes restored from a checkpoint: they hold again for the partitions
         #: ``on_assigned`` places at that checkpoint's positions.
         self._restored_seq = dict(self._expected_seq)
+        #: Keys of the recent events that carried one (appended by ``evcore relay``): a
+        #: second relay's copy of an event is dropped while its key is in this window.
+        self._seen_ids = SeenWindow(dedup_window)
+        #: Keys restored from a checkpoint: they hold again for the partitions
+        #: ``on_assigned`` places at that checkpoint's positions (as ``sequences`` do).
+        self._restored_ids = list(seen_ids or ())
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -322,8 +328,10 @@ class Receiver:
             held = {p: m.position for p, m in self._applied.items() if p in partitions}
             fresh = partitions.difference(held)
             self._forget_lanes(fresh)
+            self._seen_ids.forget(fresh)
             chosen = dict(on_assigned(fresh) or {}) if on_assigned is not None and fresh else {}
             self._restore_lanes(frozenset(chosen).intersection(fresh))
+            self._restore_ids(frozenset(chosen).intersection(fresh))
             chosen.update({p: position for p, position in held.items() if position is not None})
             return chosen
 
@@ -332,6 +340,7 @@ class Receiver:
             if on_revoked is not None:
                 on_revoked(partitions)
             self._forget_lanes(partitions)
+            self._seen_ids.forget(partitions)
             for partition in partitions:
                 self._applied.pop(partition, None)
 
@@ -345,6 +354,20 @@ class Receiver:
         for boot, seq in self._restored_seq.items():
             if boot.endswith(suffixes):
                 self._expected_seq[boot] = seq
+
+    def _restore_ids(self, partitions: frozenset[int]) -> None:
+        self._seen_ids.restore(
+            (key, partition)
+            for key, partition in self._restored_ids
+            if partition is None or partition in partitions
+        )
+
+    def seen_ids(self, limit: int | None = None) -> list[tuple[str, int | None]]:
+        """The most recent relay event keys (see :mod:`evcore.eventid`) with the partition
+        each came from, oldest first: saved with a checkpoint and given back as
+        ``seen_ids=``, so that a resumed receiver still drops a second relay's copy of an
+        event the checkpoint already holds."""
+        return self._seen_ids.recent(limit)
 
     def sequences(self) -> dict[str, Any]:
         """Where each sender lane stands (JSON-serialisable): saved with a checkpoint and
@@ -569,28 +592,29 @@ class Receiver:
             stats.rejected[exc.reason] += 1
             logger.warning("rejected a message on %r: %s", message.routing_key, exc)
             return []
+        ids = message.headers.get(EVENT_ID_HEADER)
+        if ids.__class__ is not list:
+            ids = None
         if body.__class__ is not list:
             # One event per message, the common case.
             if not self._in_sequence(message.headers, 1):
                 return []
-            key = message.headers.get(IDEMPOTENCY_HEADER)
-            if key is not None and self._seen_before(key):
-                return []
             if body.__class__ is not dict or body.get("type").__class__ is not str:
                 stats.rejected["not-an-event"] += 1
+                return []
+            if ids and self._seen_before(ids[0], message.partition):
                 return []
             stats.events += 1
             return [self.event_from_message(body)]
         if not self._in_sequence(message.headers, len(body)):
             return []
-        key = message.headers.get(IDEMPOTENCY_HEADER)
-        if key is not None and self._seen_before(key):
-            return []
         events = []
         from_message = self.event_from_message
-        for item in body:
+        for index, item in enumerate(body):
             if item.__class__ is not dict or item.get("type").__class__ is not str:
                 stats.rejected["not-an-event"] += 1
+                continue
+            if ids and index < len(ids) and self._seen_before(ids[index], message.partition):
                 continue
             events.append(from_message(item))
         stats.events += len(events)
@@ -659,17 +683,13 @@ class Receiver:
         everywhere[lane] = (following, beyond)
         return True
 
-    def _seen_before(self, key: Any) -> bool:
-        """Whether a forwarded event with this key was handled already (a duplicate)."""
-        seen = self._seen_keys
-        text = str(key)
-        if text in seen:
-            self.stats.duplicates += 1
-            return True
-        seen[text] = None
-        if len(seen) > MAX_IDEMPOTENCY_KEYS:
-            del seen[next(iter(seen))]
-        return False
+    def _seen_before(self, key: Any, partition: int | None) -> bool:
+        """Whether an event with this relay key was already handled (then counted as a
+        duplicate); remembers it otherwise."""
+        if key.__class__ is not str or not self._seen_ids.seen(key, partition):
+            return False
+        self.stats.duplicates += 1
+        return True
 
     def _report_loss(self, on_loss: LossHandler, sender: str, lost: int) -> None:
         try:

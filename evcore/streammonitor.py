@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 #: Longest one capture lasts, so that checkpoints and a stop are never far apart.
 SLICE = 0.5
 
+#: Relay event keys a checkpoint keeps (the most recent): a second relay's copy of an event
+#: the checkpoint holds is still dropped after a restart if it comes within this many events.
+CHECKPOINT_IDS = 20_000
+
 
 def tune_gc() -> None:
     """Make Python's cyclic garbage collector run far less often in this process.
@@ -103,6 +107,7 @@ class StreamMonitor:
                 on_revoked=self._revoked,
             ),
             sequences=saved.sequences if saved is not None else None,
+            seen_ids=saved.seen_ids if saved is not None else None,
         )
         self.partitions = self.receiver.transport.capabilities.partitions
 
@@ -194,7 +199,13 @@ class StreamMonitor:
         self._positions = positions
         save_checkpoint(
             self.checkpoint_path,
-            Checkpoint(snapshot(self.state), positions, self.receiver.sequences(), time.time()),
+            Checkpoint(
+                snapshot(self.state),
+                positions,
+                self.receiver.sequences(),
+                time.time(),
+                self.receiver.seen_ids(CHECKPOINT_IDS),
+            ),
         )
         self.checkpoints += 1
         self.last_checkpoint = time.time()

@@ -12,7 +12,7 @@ from evcore.cli.common import EvcoreGroup, configure_logging
 from evcore.cli.demo import demo
 from evcore.cli.dump import dump
 from evcore.cli.monitor_cmd import monitor
-from evcore.cli.relay_cmd import relay
+from evcore.cli.relay import relay
 from evcore.cli.top import top
 from evcore.cli.transports_cmd import transports
 

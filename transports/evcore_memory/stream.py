@@ -88,6 +88,18 @@ class MemoryStreamBroker:
         self._exchange_types: dict[str, str] = {}
         self._logs: dict[str, list[_Log]] = {}
         self._groups: dict[tuple[str, str], _Group] = {}
+        self.offline = False
+
+    def set_offline(self, offline: bool = True) -> None:
+        """Simulate a broker outage: appending and reading raise ConnectionLost until
+        ``False`` brings the broker back (with everything it kept)."""
+        with self.lock:
+            self.offline = offline
+            self.arrived.notify_all()
+
+    def check_online(self) -> None:
+        if self.offline:
+            raise ConnectionLost(f"memory stream broker {self.name or 'default'!r} is offline")
 
     # -- the logs (callers hold the lock) -------------------------------------------------
 
@@ -126,6 +138,7 @@ class MemoryStreamBroker:
     def publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> None:
         now = time.monotonic()
         with self.lock:
+            self.check_online()
             logs = self.logs(exchange)
             count = self.partitions
             for message in messages:
@@ -325,6 +338,7 @@ class MemoryStreamSubscription:
                 raise ConnectionLost("memory stream transport is closed")
             self._rebalance()
             with broker.lock:
+                broker.check_online()
                 out = self._read()
                 if out:
                     return out
