@@ -13,7 +13,7 @@ from typing import Any
 
 import pika
 import pytest
-from _amqp_support import delete_exchanges, probe, queue_info, receive_n
+from _amqp_support import ADAPTER_PATHS, delete_exchanges, probe, queue_info, receive_n
 from _net import wait_for
 from kombu import Connection as KombuConnection
 from kombu import Exchange as KombuExchange
@@ -34,9 +34,17 @@ def exchange(amqp_url: str, exchange_name: str) -> Iterator[Exchange]:
     delete_exchanges(amqp_url, {exchange_name})
 
 
+@pytest.fixture(params=ADAPTER_PATHS)
+def path(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Options selecting one of the adapter's paths."""
+    options: dict[str, Any] = request.param
+    return options
+
+
 @pytest.fixture
-def transport(amqp_url: str) -> Iterator[AMQPTransport]:
-    transport = AMQPTransport.from_url(amqp_url)
+def transport(amqp_url: str, path: dict[str, Any]) -> Iterator[AMQPTransport]:
+    transport = AMQPTransport.from_url(amqp_url, **path)
+    assert transport.fast_path == bool(path)
     yield transport
     transport.close()
 
@@ -245,9 +253,9 @@ def test_exchange_of_another_type_is_a_clear_channel_error(
 
 
 def test_oversized_messages_are_refused_counted_and_not_fatal(
-    amqp_url: str, exchange: Exchange
+    amqp_url: str, exchange: Exchange, path: dict[str, Any]
 ) -> None:
-    transport = AMQPTransport.from_url(amqp_url, max_message_bytes=1024)
+    transport = AMQPTransport.from_url(amqp_url, max_message_bytes=1024, **path)
     try:
         subscription = transport.subscribe(exchange, "#", QueueOptions(queue_name()))
         with pytest.raises(ChannelError, match="max_message_bytes=1024") as refused:
@@ -275,8 +283,10 @@ def test_unroutable_messages_are_dropped_quietly(
     assert transport.stats.published == 3
 
 
-def test_confirmed_publish_waits_once_per_batch(amqp_url: str, exchange: Exchange) -> None:
-    transport = AMQPTransport.from_url(amqp_url + "?confirm_publish=true")
+def test_confirmed_publish_waits_once_per_batch(
+    amqp_url: str, exchange: Exchange, path: dict[str, Any]
+) -> None:
+    transport = AMQPTransport.from_url(amqp_url + "?confirm_publish=true", **path)
     try:
         subscription = transport.subscribe(exchange, "#", QueueOptions(queue_name()))
         messages = [OutgoingMessage("task.sent", str(i).encode()) for i in range(200)]

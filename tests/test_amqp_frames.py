@@ -11,7 +11,7 @@ pika = pytest.importorskip("pika")
 from pika import frame, spec  # noqa: E402
 
 from evcore.transport import OutgoingMessage  # noqa: E402
-from evcore_amqp.frames import PublishEncoder, raw_output  # noqa: E402
+from evcore_amqp.frames import PublishEncoder  # noqa: E402
 
 FRAME_MAX = 131072
 
@@ -100,10 +100,3 @@ def test_what_the_encoder_does_not_cover_is_left_to_pika(message: OutgoingMessag
     out: list[bytes] = []
     assert not PublishEncoder(1, FRAME_MAX).encode("celeryev", message, out)
     assert out == []
-
-
-def test_raw_output_needs_pikas_internals() -> None:
-    class Bare:
-        pass
-
-    assert raw_output(Bare()) is None

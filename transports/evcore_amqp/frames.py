@@ -9,14 +9,10 @@ against pika's own encoder in ``tests/test_amqp_frames.py``) from templates cach
 property shape, with only the body size and the integer header values filled in per
 message; :class:`RawOutput` then hands a whole batch to pika's connection as one buffer.
 
-Beyond the publisher's use of ``BlockingChannel._impl`` and ``_flush_output``, this module
-holds the publishing side's reliance on pika's private connection internals
-(``Connection._output_marshaled_frames`` and ``Connection._body_max_length``, present
-throughout pika 1.x, which the package pins; the consuming side's are in
-:mod:`evcore_amqp.delivery`). :func:`raw_output` returns None when they are missing and the
-publisher then goes through ``basic_publish`` as before. A message whose properties this
-encoder does not cover (a header value other than a string or an integer, strings too long
-for a short string, ...) is also left to pika, so pika's own errors still apply to it.
+Part of the opt-in fast path (:mod:`evcore_amqp.fastpath`, which lists the pika internals
+it uses and the pika versions it runs on). A message whose properties this encoder does not
+cover (a header value other than a string or an integer, strings too long for a short
+string, ...) is left to pika, so pika's own errors still apply to it.
 """
 
 from __future__ import annotations
@@ -277,19 +273,12 @@ class RawOutput:
         self._write([b"".join(frames)])
 
 
-def raw_output(channel: Any) -> RawOutput | None:
-    """A :class:`RawOutput` for a pika ``BlockingChannel``, or None when pika's internals
-    are not what this module expects (then publish through ``basic_publish``)."""
-    try:
-        impl = channel._impl
-        connection = impl.connection
-        write = connection._output_marshaled_frames
-        body_max = connection._body_max_length
-        number = impl.channel_number
-    except AttributeError:
-        return None
-    if not callable(write) or body_max.__class__ is not int or body_max < 1:
-        return None
-    if number.__class__ is not int:
-        return None
-    return RawOutput(impl, write, PublishEncoder(number, body_max + _FRAME_OVERHEAD))
+def raw_output(channel: Any) -> RawOutput:
+    """A :class:`RawOutput` for a pika ``BlockingChannel`` (fast path only)."""
+    impl = channel._impl
+    connection = impl.connection
+    return RawOutput(
+        impl,
+        connection._output_marshaled_frames,
+        PublishEncoder(impl.channel_number, connection._body_max_length + _FRAME_OVERHEAD),
+    )

@@ -1,13 +1,10 @@
 """The publishing half of the AMQP transport: one lazily opened connection and channel.
 
-A batch is written to pika's output buffer and flushed once, so it costs no round trip per
-message; with publisher confirms the whole batch waits for its acks once. pika's public
-``BlockingChannel.basic_publish`` flushes (and, in confirm mode, waits) per message, so this
-module drives the underlying asynchronous channel of the ``BlockingChannel`` (its ``_impl``)
-and flushes through ``BlockingChannel._flush_output``; both are stable across pika 1.x.
-The frames of a batch are encoded by :mod:`evcore_amqp.frames` and queued as one buffer
-(pika itself would build properties and issue a socket send per frame); where that module
-cannot be used, messages go through the channel's ``basic_publish``.
+By default every message goes through pika's public ``BlockingChannel.basic_publish``,
+which flushes the socket after each message and, with publisher confirms, waits for each
+ack in turn. With the fast path (see :mod:`evcore_amqp.fastpath`) a batch is encoded by
+:mod:`evcore_amqp.frames`, queued as one buffer and flushed once, so it costs no round trip
+per message, and with confirms the whole batch waits for its acks once.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from evcore.errors import ChannelError, ConnectionLost
 from evcore.transport import Exchange, OutgoingMessage
 from evcore_amqp.connection import load_pika, open_connection
 from evcore_amqp.failures import channel_level, translate
+from evcore_amqp.fastpath import fast_path_enabled
 from evcore_amqp.frames import RawOutput, raw_output
 from evcore_amqp.options import AMQPOptions
 
@@ -100,7 +98,11 @@ class Publisher:
         self._confirms: _Confirms | None = None
         self._declared: set[Exchange] = set()
         self._properties: dict[tuple[Any, ...], Any] = {}
-        self._basic_properties: Callable[..., Any] = load_pika().BasicProperties
+        pika = load_pika()
+        self._basic_properties: Callable[..., Any] = pika.BasicProperties
+        self._nack_error: type[Exception] = pika.exceptions.NackError
+        #: Whether batches take the fast path (asked for, and a tested pika version).
+        self.fast_path = fast_path_enabled(options.fast_path)
         self._closed = False
 
     # -- public ---------------------------------------------------------------------------
@@ -141,21 +143,48 @@ class Publisher:
             channel = self._ready_channel()
         if exchange not in self._declared:
             self._declare(channel, exchange)
-        raw = self._raw
-        if raw is None or not raw.is_open:
-            sent, oversized = self._publish_through_pika(channel, exchange.name, messages)
+        if self.fast_path:
+            assert self._raw is not None
+            sent, oversized = self._publish_raw(channel, self._raw, exchange.name, messages)
         else:
-            sent, oversized = self._publish_raw(channel, raw, exchange.name, messages)
+            sent, oversized = self._publish_public(channel, exchange.name, messages)
         self.stats.oversized += oversized
         if sent:
             if self._confirms is not None:
                 self._confirms.expect(sent)
                 self._wait_for_confirms(channel, self._confirms)
-            else:
+            elif self.fast_path:
                 channel._flush_output()
             self.stats.published += sent
             self.stats.batches += 1
         return oversized
+
+    def _publish_public(
+        self, channel: BlockingChannel, name: str, messages: Sequence[OutgoingMessage]
+    ) -> tuple[int, int]:
+        """Publish through ``BlockingChannel.basic_publish``, which flushes (and, with
+        confirms, waits for the ack) per message; nacks are counted, then raised."""
+        limit = self.options.max_message_bytes
+        send = channel.basic_publish
+        properties_of = self._properties_of
+        sent = oversized = nacked = 0
+        for message in messages:
+            body = message.body
+            if len(body) > limit:
+                oversized += 1
+                continue
+            try:
+                send(name, message.routing_key, body, properties_of(message))
+            except self._nack_error:
+                nacked += 1
+            sent += 1
+        if nacked:
+            self.stats.published += sent
+            self.stats.batches += 1
+            self.stats.oversized += oversized
+            self.stats.nacked += nacked
+            raise ChannelError(f"the broker refused (nacked) {nacked} published message(s)")
+        return sent, oversized
 
     def _publish_raw(
         self,
@@ -165,7 +194,8 @@ class Publisher:
         messages: Sequence[OutgoingMessage],
     ) -> tuple[int, int]:
         """Encode the batch here and queue it as one write (see :mod:`evcore_amqp.frames`);
-        a message the encoder leaves to pika goes through ``basic_publish``, in order."""
+        a message the encoder leaves to pika goes through the asynchronous channel's
+        ``basic_publish``, in order. The caller flushes."""
         limit = self.options.max_message_bytes
         encode = raw.encoder.encode
         frames: list[bytes] = []
@@ -186,22 +216,6 @@ class Publisher:
             raw.write(frames)
         return sent, oversized
 
-    def _publish_through_pika(
-        self, channel: BlockingChannel, name: str, messages: Sequence[OutgoingMessage]
-    ) -> tuple[int, int]:
-        limit = self.options.max_message_bytes
-        send = channel._impl.basic_publish
-        properties_of = self._properties_of
-        sent = oversized = 0
-        for message in messages:
-            body = message.body
-            if len(body) > limit:
-                oversized += 1
-                continue
-            send(name, message.routing_key, body, properties_of(message))
-            sent += 1
-        return sent, oversized
-
     def _ready_channel(self) -> BlockingChannel:
         connection = self._connection
         if connection is None or not connection.is_open:
@@ -218,10 +232,13 @@ class Publisher:
         channel = self._channel
         if channel is None or not channel.is_open:
             channel = connection.channel()
-            self._raw = raw_output(channel)
+            self._raw = raw_output(channel) if self.fast_path else None
             self._confirms = None
             if self.options.confirm_publish:
-                self._confirms = self._enable_confirms(channel)
+                if self.fast_path:
+                    self._confirms = self._enable_confirms(channel)
+                else:
+                    channel.confirm_delivery()
             self._channel = channel
             self._declared.clear()
         return channel

@@ -74,6 +74,12 @@ class AMQPTransport:
         return self._publisher.stats
 
     @property
+    def fast_path(self) -> bool:
+        """Whether this transport takes the fast path: ``fast_path=true`` was given and
+        the installed pika is one it was tested against (see ``evcore_amqp.fastpath``)."""
+        return self._publisher.fast_path
+
+    @property
     def connection_name(self) -> str:
         """The client-provided name of the publishing connection, as RabbitMQ shows it."""
         return self._publisher.connection_name
@@ -100,7 +106,13 @@ class AMQPTransport:
                 raise ConnectionLost("the AMQP transport is closed")
             stale = queue.name in self._stale_queues
         subscription = AMQPSubscription(
-            self.options, exchange, binding_key, queue, self._forget, stale_queue=stale
+            self.options,
+            exchange,
+            binding_key,
+            queue,
+            self._forget,
+            stale_queue=stale,
+            fast_path=self.fast_path,
         )
         with self._lock:
             self._stale_queues.discard(queue.name)
