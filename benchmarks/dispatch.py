@@ -96,7 +96,7 @@ class AMQPCounter:
 
 
 def with_fast_path(url: str) -> str:
-    """The AMQP URL with the adapter's opt-in fast path asked for."""
+    """The AMQP URL with the adapter's opt-in fast path (of consuming) asked for."""
     return url + ("&" if "?" in url else "?") + "fast_path=true"
 
 
@@ -242,24 +242,13 @@ def _dispatch_mode(
             variant_url, exchange, events, seconds, batched, background, dispatchers
         )
 
-    # Order of the evcore variants within a repetition alternates with Celery's (see
-    # common.alternate); on RabbitMQ each variant runs on both adapter paths.
-    paths = [("", url)]
-    if broker == "RabbitMQ":
-        paths.append((" fast path", with_fast_path(url)))
     contenders = [
-        *(
-            (f"evcore background{label}", contender(f"evcore background{label}", evcore(u, True)))
-            for label, u in paths
-        ),
+        ("evcore background", contender("evcore background", evcore(url, True))),
         (
             "celery",
             contender("celery", lambda: celery_run(app, events, seconds, batched, dispatchers)),
         ),
-        *(
-            (f"evcore inline{label}", contender(f"evcore inline{label}", evcore(u, False)))
-            for label, u in paths
-        ),
+        ("evcore inline", contender("evcore inline", evcore(url, False))),
     ]
     log(f"dispatch over {broker}, {mode}: {settings.reps} repetitions")
     results = alternate(settings.reps, contenders)
@@ -289,8 +278,7 @@ def _dispatch_mode(
 
 
 def _variant_label(variant: str) -> str:
-    label = "background=True" if variant.startswith("evcore background") else "inline"
-    return label + (", fast_path=true" if variant.endswith("fast path") else "")
+    return "background=True" if variant == "evcore background" else "inline (background=False)"
 
 
 def _dispatch_target(broker: str, batched: bool) -> str:

@@ -3,6 +3,7 @@ messages, refusals, oversized messages, confirms and closing from another thread
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -21,7 +22,7 @@ from kombu import Exchange as KombuExchange
 from evcore import Receiver
 from evcore.errors import ChannelError
 from evcore.transport import FANOUT, TOPIC, Exchange, OutgoingMessage, QueueOptions
-from evcore_amqp import AMQPTransport
+from evcore_amqp import AMQPTransport, parse_url
 
 pytestmark = pytest.mark.amqp
 
@@ -252,6 +253,28 @@ def test_exchange_of_another_type_is_a_clear_channel_error(
     assert [m.body for m in receive_n(subscription, 1)] == [b"after"]
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"password": "not-the-password"}, "refused the login"),
+        ({"vhost": "evcore-no-such-vhost"}, "refused access to the vhost"),
+    ],
+)
+def test_refused_login_or_vhost_is_a_channel_error_when_publishing(
+    amqp_url: str, exchange: Exchange, change: dict[str, str], reason: str
+) -> None:
+    options = parse_url(amqp_url)
+    options = dataclasses.replace(options, **change)
+    transport = AMQPTransport(options)
+    try:
+        for _ in range(2):  # refused again on the next attempt: nothing is cached
+            with pytest.raises(ChannelError, match=reason):
+                transport.publish(exchange, [OutgoingMessage("task.sent", b"{}")])
+        assert transport.stats.published == 0
+    finally:
+        transport.close()
+
+
 def test_oversized_messages_are_refused_counted_and_not_fatal(
     amqp_url: str, exchange: Exchange, path: dict[str, Any]
 ) -> None:
@@ -290,8 +313,11 @@ def test_confirmed_publish_waits_once_per_batch(
     try:
         subscription = transport.subscribe(exchange, "#", QueueOptions(queue_name()))
         messages = [OutgoingMessage("task.sent", str(i).encode()) for i in range(200)]
+        started = time.monotonic()
         transport.publish(exchange, messages[:150])
         transport.publish(exchange, messages[150:])
+        # The acks end each wait, not confirm_timeout (30 s).
+        assert time.monotonic() - started < 20
         assert (transport.stats.published, transport.stats.batches) == (200, 2)
         assert transport.stats.nacked == 0
         assert [m.body for m in receive_n(subscription, 200)] == [m.body for m in messages]

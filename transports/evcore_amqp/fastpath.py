@@ -1,23 +1,19 @@
-"""The opt-in fast path, and the exact pika versions it runs on.
+"""The opt-in fast path of consuming, and the exact pika versions it runs on.
 
-By default the transport uses pika's public API only: ``BlockingChannel.basic_publish``
-(one flush per message, and one wait per message with confirms) and ``basic_consume``
-callbacks. With ``fast_path=true`` it goes around pika in two places, for speed:
-
-- publishing (:mod:`evcore_amqp.frames`, :mod:`evcore_amqp.publisher`): a batch is encoded
-  here from cached templates and queued with ``Connection._output_marshaled_frames``
-  (sized by ``Connection._body_max_length``), then flushed once through
-  ``BlockingChannel._flush_output``; confirms are counted by a callback given to the
-  asynchronous channel (``BlockingChannel._impl``) and waited for once per batch.
-- consuming (:mod:`evcore_amqp.delivery`): the connection's ``_on_data_available`` is
-  replaced on that connection instance by a reader that decodes deliveries itself and hands
-  every other frame to pika's parser; it keeps ``bytes_received``/``frames_received`` up to
-  date and wakes ``process_data_events`` through ``_request_channel_dispatch``.
+Subscriptions consume with pika. By default they use its public API only
+(``basic_consume`` callbacks, ``process_data_events``). With ``fast_path=true`` a reader
+(:mod:`evcore_amqp.delivery`) decodes deliveries ahead of pika's frame handling, which is
+faster for a busy receiver: it replaces ``Connection._on_data_available`` on the
+subscription's own connection instance (reached as ``BlockingConnection._impl``, checked
+empty through ``_frame_buffer``), hands every other frame to pika's parser, keeps
+``bytes_received``/``frames_received`` up to date for pika's heartbeat checker and wakes
+``process_data_events`` through ``BlockingConnection._request_channel_dispatch``.
 
 Those are private pika names whose behaviour pika may change in any release, so the fast
 path is used only when the installed pika is one of :data:`TESTED_PIKA_VERSIONS`, the
 versions the test suite ran both paths against; with any other version the transport logs
-a warning once and uses the public path.
+a warning once and uses the public path. (Publishing involves no pika at all: see
+:mod:`evcore_amqp.wire`.)
 """
 
 from __future__ import annotations

@@ -1,18 +1,15 @@
-"""basic.publish frames encoded here and written to pika's output buffer in one piece.
+"""basic.publish frames encoded from templates cached per property shape.
 
-pika encodes each published message into three or more frames (method, content header,
-body) with a fresh ``BasicProperties`` and hands every frame to its socket with a
-``send()`` of its own. For events that per-message cost is most of the publishing time:
-the properties change with every message (the ``evcore-seq`` header), so they cannot be
-cached. :class:`PublishEncoder` writes the same bytes pika would (AMQP 0-9-1, checked
-against pika's own encoder in ``tests/test_amqp_frames.py``) from templates cached per
-property shape, with only the body size and the integer header values filled in per
-message; :class:`RawOutput` then hands a whole batch to pika's connection as one buffer.
+A general encoder (pika's, pamqp's) builds every published message's properties and frames
+afresh. For events that per-message cost is most of the publishing time: the properties
+change with every message (the ``evcore-seq`` header), so they cannot be cached whole.
+:class:`PublishEncoder` writes the same bytes (AMQP 0-9-1; checked against pika's and
+pamqp's encoders in ``tests/test_amqp_frames.py``) from templates cached per property
+shape, with only the body size and the integer header values filled in per message; the
+publishing connection (:mod:`evcore_amqp.wire`) writes a whole batch in one piece.
 
-Part of the opt-in fast path (:mod:`evcore_amqp.fastpath`, which lists the pika internals
-it uses and the pika versions it runs on). A message whose properties this encoder does not
-cover (a header value other than a string or an integer, strings too long for a short
-string, ...) is left to pika, so pika's own errors still apply to it.
+A message whose properties this encoder does not cover (a header value other than a string
+or an integer, strings too long for a short string, ...) is left to pamqp.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from typing import Any
 
 from evcore.transport import OutgoingMessage
 
-__all__ = ["PublishEncoder", "RawOutput", "raw_output"]
+__all__ = ["PublishEncoder"]
 
 _METHOD_FRAME, _HEADER_FRAME, _BODY_FRAME = 1, 2, 3
 _FRAME_END = b"\xce"
@@ -253,32 +250,3 @@ class PublishEncoder:
             self._headers.clear()
         self._headers[key] = template
         return template
-
-
-class RawOutput:
-    """Writes encoded frames straight to a pika channel's connection buffer."""
-
-    def __init__(self, impl: Any, write: Any, encoder: PublishEncoder) -> None:
-        self._impl = impl
-        self._write = write
-        self.encoder = encoder
-
-    @property
-    def is_open(self) -> bool:
-        """Whether the channel can take frames."""
-        return bool(self._impl.is_open)
-
-    def write(self, frames: list[bytes]) -> None:
-        """Queue ``frames`` (whole messages, in order) as one buffer; the caller flushes."""
-        self._write([b"".join(frames)])
-
-
-def raw_output(channel: Any) -> RawOutput:
-    """A :class:`RawOutput` for a pika ``BlockingChannel`` (fast path only)."""
-    impl = channel._impl
-    connection = impl.connection
-    return RawOutput(
-        impl,
-        connection._output_marshaled_frames,
-        PublishEncoder(impl.channel_number, connection._body_max_length + _FRAME_OVERHEAD),
-    )
