@@ -95,58 +95,88 @@ class AMQPCounter:
 # -- one dispatch run per system ---------------------------------------------------------
 
 
-def evcore_run(
-    url: str, exchange: str, events: Events, seconds: float, batched: bool, background: bool
-) -> tuple[int, float, int]:
-    from evcore import Dispatcher
+def with_fast_path(url: str) -> str:
+    """The AMQP URL with the adapter's opt-in fast path (of consuming) asked for."""
+    return url + ("&" if "?" in url else "?") + "fast_path=true"
 
-    dispatcher = Dispatcher(
-        url,
-        hostname="w1@evbench",
-        exchange=exchange,
-        buffer_group={"task"} if batched else None,
-        buffer_limit=24,
-        background=background,
-    )
-    dispatcher.send("bench-warmup")
-    dispatcher.flush()
+
+def evcore_run(
+    url: str,
+    exchange: str,
+    events: Events,
+    seconds: float,
+    batched: bool,
+    background: bool,
+    dispatchers: int = 1,
+) -> tuple[int, float, int]:
+    """evcore's dispatch run; with several ``dispatchers`` they share one transport (as a
+    process with several hostnames would) and each event goes to its sender's."""
+    from evcore import Dispatcher, connect
+
+    transport = connect(url) if dispatchers > 1 else None
+    senders = [
+        Dispatcher(
+            transport if transport is not None else url,
+            hostname=f"w{index + 1}@evbench",
+            exchange=exchange,
+            buffer_group={"task"} if batched else None,
+            buffer_limit=24,
+            background=background,
+        )
+        for index in range(dispatchers)
+    ]
+    for dispatcher in senders:
+        dispatcher.send("bench-warmup")
+        dispatcher.flush()
+    sends = [dispatcher.send for dispatcher in senders]
     timer = Timer(seconds)
-    send = dispatcher.send
     sent = 0
     start = time.perf_counter()
     for type_, fields in events:
-        send(type_, **fields)
+        sends[sent % dispatchers](type_, **fields)
         sent += 1
         if timer.expired():
             break
-    dispatcher.flush()
+    for dispatcher in senders:
+        dispatcher.flush()
     elapsed = time.perf_counter() - start
-    messages = dispatcher.stats.messages_sent - 1
-    dispatcher.close()
+    messages = sum(dispatcher.stats.messages_sent for dispatcher in senders) - dispatchers
+    for dispatcher in senders:
+        dispatcher.close()
+    if transport is not None:
+        transport.close()
     return sent, elapsed, messages
 
 
-def celery_run(app: Any, events: Events, seconds: float, batched: bool) -> tuple[int, float, int]:
+def celery_run(
+    app: Any, events: Events, seconds: float, batched: bool, dispatchers: int = 1
+) -> tuple[int, float, int]:
     with app.connection_for_write() as connection:
-        dispatcher = app.events.Dispatcher(
-            connection,
-            hostname="w1@evbench",
-            buffer_group={"task"} if batched else None,
-            buffer_limit=24,
-        )
-        dispatcher.send("bench-warmup")
+        senders = [
+            app.events.Dispatcher(
+                connection,
+                hostname=f"w{index + 1}@evbench",
+                buffer_group={"task"} if batched else None,
+                buffer_limit=24,
+            )
+            for index in range(dispatchers)
+        ]
+        for dispatcher in senders:
+            dispatcher.send("bench-warmup")
+        sends = [dispatcher.send for dispatcher in senders]
         timer = Timer(seconds)
-        send = dispatcher.send
         sent = 0
         start = time.perf_counter()
         for type_, fields in events:
-            send(type_, **fields)
+            sends[sent % dispatchers](type_, **fields)
             sent += 1
             if timer.expired():
                 break
-        dispatcher.flush()
+        for dispatcher in senders:
+            dispatcher.flush()
         elapsed = time.perf_counter() - start
-        dispatcher.close()
+        for dispatcher in senders:
+            dispatcher.close()
     # Celery keeps no count of messages: one per event, or one per batch of up to 24.
     messages = sent if not batched else -1
     return sent, elapsed, messages
@@ -162,14 +192,23 @@ def dispatch_section(settings: Settings) -> list[Row]:
             RedisCounter(url, exchange) if broker == "Redis" else AMQPCounter(url, exchange)
         )
         app = celery_app(url, exchange)
+        shapes = [(False, 1), (True, 1)]
+        if broker == "RabbitMQ":
+            shapes.append((True, SHARED_DISPATCHERS))
         try:
-            for batched in (False, True):
+            for batched, dispatchers in shapes:
                 rows.extend(
-                    _dispatch_mode(settings, broker, url, exchange, app, counter, events, batched)
+                    _dispatch_mode(
+                        settings, broker, url, exchange, app, counter, events, batched, dispatchers
+                    )
                 )
         finally:
             counter.close()
     return rows
+
+
+#: Dispatchers sharing one transport in the "several hostnames, one process" shape.
+SHARED_DISPATCHERS = 4
 
 
 def _dispatch_mode(
@@ -181,9 +220,13 @@ def _dispatch_mode(
     counter: RedisCounter | AMQPCounter,
     events: Events,
     batched: bool,
+    dispatchers: int,
 ) -> list[Row]:
     mode = "batched (buffer_group={'task'}, limit 24)" if batched else "unbatched send()"
+    if dispatchers > 1:
+        mode += f", {dispatchers} dispatchers sharing one transport"
     arrived: dict[str, list[tuple[int, int, int]]] = {}
+    seconds = settings.dispatch_seconds
 
     def contender(name: str, run: Callable[[], tuple[int, float, int]]) -> Callable[[], float]:
         def measured() -> float:
@@ -194,35 +237,26 @@ def _dispatch_mode(
 
         return measured
 
+    def evcore(variant_url: str, background: bool) -> Callable[[], tuple[int, float, int]]:
+        return lambda: evcore_run(
+            variant_url, exchange, events, seconds, batched, background, dispatchers
+        )
+
     contenders = [
-        (
-            "evcore background",
-            contender(
-                "evcore background",
-                lambda: evcore_run(url, exchange, events, settings.dispatch_seconds, batched, True),
-            ),
-        ),
+        ("evcore background", contender("evcore background", evcore(url, True))),
         (
             "celery",
-            contender(
-                "celery", lambda: celery_run(app, events, settings.dispatch_seconds, batched)
-            ),
+            contender("celery", lambda: celery_run(app, events, seconds, batched, dispatchers)),
         ),
-        (
-            "evcore inline",
-            contender(
-                "evcore inline",
-                lambda: evcore_run(
-                    url, exchange, events, settings.dispatch_seconds, batched, False
-                ),
-            ),
-        ),
+        ("evcore inline", contender("evcore inline", evcore(url, False))),
     ]
     log(f"dispatch over {broker}, {mode}: {settings.reps} repetitions")
     results = alternate(settings.reps, contenders)
     section = "1. Dispatch throughput"
     rows = []
-    for variant in ("evcore background", "evcore inline"):
+    for variant, _ in contenders:
+        if variant == "celery":
+            continue
         headline = variant == "evcore background"
         row = Row(
             section,
@@ -306,7 +340,7 @@ def _drop_exchange(url: str, exchange: str) -> None:
         return
     import pika
 
-    connection = pika.BlockingConnection(pika_parameters(url))
+    connection = pika.BlockingConnection(pika_parameters(url.partition("?")[0]))
     try:
         connection.channel().exchange_delete(exchange)
     finally:
@@ -317,31 +351,38 @@ def e2e_section(settings: Settings) -> list[Row]:
     rows = []
     reps = max(1, min(settings.reps, 3))
     for broker, url in (("Redis", settings.redis_url), ("RabbitMQ", settings.amqp_url)):
+        # (label, system, url): on RabbitMQ evcore also runs on the adapter's fast path.
+        contenders = [("evcore", "evcore", url), ("celery", "celery", url)]
+        if broker == "RabbitMQ":
+            contenders.append(("evcore fast path", "evcore", with_fast_path(url)))
         for batched in (False, True):
             mode = "batched" if batched else "unbatched"
             log(f"end to end over {broker}, {mode}: {reps} repetitions")
-            runs: dict[str, list[dict[str, Any]]] = {"evcore": [], "celery": []}
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in contenders}
             for rep in range(reps):
-                order = ["evcore", "celery"] if rep % 2 == 0 else ["celery", "evcore"]
-                for system in order:
-                    runs[system].append(e2e_run(settings, url, system, batched, seed=rep))
-            row = Row(
-                "2. End to end (dispatcher process -> broker -> Receiver + State process)",
-                f"{broker}, {mode}",
-                "events/s",
-                [run["rate"] for run in runs["evcore"]],
-                [run["rate"] for run in runs["celery"]],
-                target=f"e2e-{broker.lower()}" if not batched else None,
-            )
-            for system in ("evcore", "celery"):
-                sent = sum(run["sent"] for run in runs[system])
-                received = sum(run["received"] for run in runs[system])
-                note = f"{system}: {received}/{sent} events processed, {sent - received} lost"
-                if system == "evcore":
-                    seen = sum(run["lost_seen"] or 0 for run in runs[system])
-                    note += f" (Receiver.stats.lost_events: {seen})"
-                rows_rate = [run["send_rate"] for run in runs[system]]
-                note += f"; its sender alone: median {statistics.median(rows_rate):,.0f} ev/s"
-                row.notes.append(note)
-            rows.append(row)
+                order = contenders if rep % 2 == 0 else contenders[::-1]
+                for label, system, system_url in order:
+                    runs[label].append(e2e_run(settings, system_url, system, batched, seed=rep))
+            for label, _, _ in contenders:
+                if label == "celery":
+                    continue
+                row = Row(
+                    "2. End to end (dispatcher process -> broker -> Receiver + State process)",
+                    f"{broker}, {mode}" + (", evcore fast_path=true" if label != "evcore" else ""),
+                    "events/s",
+                    [run["rate"] for run in runs[label]],
+                    [run["rate"] for run in runs["celery"]],
+                    target=f"e2e-{broker.lower()}" if not batched and label == "evcore" else None,
+                )
+                for name in (label, "celery"):
+                    sent = sum(run["sent"] for run in runs[name])
+                    received = sum(run["received"] for run in runs[name])
+                    note = f"{name}: {received}/{sent} events processed, {sent - received} lost"
+                    if name != "celery":
+                        seen = sum(run["lost_seen"] or 0 for run in runs[name])
+                        note += f" (Receiver.stats.lost_events: {seen})"
+                    rows_rate = [run["send_rate"] for run in runs[name]]
+                    note += f"; its sender alone: median {statistics.median(rows_rate):,.0f} ev/s"
+                    row.notes.append(note)
+                rows.append(row)
     return rows

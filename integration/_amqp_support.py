@@ -14,11 +14,27 @@ from typing import Any, ClassVar
 
 import _net
 import pika
+import pytest
 from _net import wait_for
 
 from evcore.transport import Exchange, IncomingMessage, QueueOptions
 from evcore_amqp import AMQPSubscription, AMQPTransport, parse_url
 from evcore_amqp.connection import connection_parameters
+from evcore_amqp.fastpath import TESTED_PIKA_VERSIONS
+
+#: The adapter's two paths (public pika API, and the opt-in fast path), as keyword options
+#: for ``AMQPTransport.from_url``; tests that publish or consume run on both.
+ADAPTER_PATHS = [
+    pytest.param({}, id="public"),
+    pytest.param(
+        {"fast_path": True},
+        id="fast_path",
+        marks=pytest.mark.skipif(
+            pika.__version__ not in TESTED_PIKA_VERSIONS,
+            reason=f"the fast path is off on pika {pika.__version__} (not a tested version)",
+        ),
+    ),
+]
 
 
 def probe(url: str) -> pika.BlockingConnection:

@@ -9,7 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _amqp_support import close_connections, delete_exchanges, rabbitmqctl, receive_n, tcp_proxy
+from _amqp_support import (
+    ADAPTER_PATHS,
+    close_connections,
+    delete_exchanges,
+    rabbitmqctl,
+    receive_n,
+    tcp_proxy,
+)
 from _net import wait_for
 
 from evcore import Dispatcher, Receiver
@@ -203,12 +210,13 @@ def test_queue_still_held_by_our_lost_connection_is_retried_not_refused(
             publisher.close()
 
 
+@pytest.mark.parametrize("path", ADAPTER_PATHS)
 def test_heartbeats_are_answered_while_receive_waits(
-    amqp_url: str, exchange: Exchange
+    amqp_url: str, exchange: Exchange, path: dict[str, Any]
 ) -> None:
     """With a 1 s heartbeat the broker drops a silent client after about 2 s; a receive()
     that waits 4 s keeps the connection alive."""
-    transport = AMQPTransport.from_url(amqp_url, heartbeat=1)
+    transport = AMQPTransport.from_url(amqp_url, heartbeat=1, **path)
     try:
         subscription = transport.subscribe(exchange, "#", QueueOptions(unique("celeryev")))
         assert subscription.receive(4.0) == []

@@ -3,6 +3,7 @@ messages, refusals, oversized messages, confirms and closing from another thread
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import pika
 import pytest
-from _amqp_support import delete_exchanges, probe, queue_info, receive_n
+from _amqp_support import ADAPTER_PATHS, delete_exchanges, probe, queue_info, receive_n
 from _net import wait_for
 from kombu import Connection as KombuConnection
 from kombu import Exchange as KombuExchange
@@ -21,7 +22,7 @@ from kombu import Exchange as KombuExchange
 from evcore import Receiver
 from evcore.errors import ChannelError
 from evcore.transport import FANOUT, TOPIC, Exchange, OutgoingMessage, QueueOptions
-from evcore_amqp import AMQPTransport
+from evcore_amqp import AMQPTransport, parse_url
 
 pytestmark = pytest.mark.amqp
 
@@ -35,9 +36,17 @@ def exchange(amqp_url: str, exchange_name: str) -> Iterator[Exchange]:
     delete_exchanges(amqp_url, {exchange_name})
 
 
+@pytest.fixture(params=ADAPTER_PATHS)
+def path(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Options selecting one of the adapter's paths."""
+    options: dict[str, Any] = request.param
+    return options
+
+
 @pytest.fixture
-def transport(amqp_url: str) -> Iterator[AMQPTransport]:
-    transport = AMQPTransport.from_url(amqp_url)
+def transport(amqp_url: str, path: dict[str, Any]) -> Iterator[AMQPTransport]:
+    transport = AMQPTransport.from_url(amqp_url, **path)
+    assert transport.fast_path == bool(path)
     yield transport
     transport.close()
 
@@ -245,10 +254,32 @@ def test_exchange_of_another_type_is_a_clear_channel_error(
     assert [m.body for m in receive_n(subscription, 1)] == [b"after"]
 
 
-def test_oversized_messages_are_refused_counted_and_not_fatal(
-    amqp_url: str, exchange: Exchange
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"password": "not-the-password"}, "refused the login"),
+        ({"vhost": "evcore-no-such-vhost"}, "refused access to the vhost"),
+    ],
+)
+def test_refused_login_or_vhost_is_a_channel_error_when_publishing(
+    amqp_url: str, exchange: Exchange, change: dict[str, str], reason: str
 ) -> None:
-    transport = AMQPTransport.from_url(amqp_url, max_message_bytes=1024)
+    options = parse_url(amqp_url)
+    options = dataclasses.replace(options, **change)
+    transport = AMQPTransport(options)
+    try:
+        for _ in range(2):  # refused again on the next attempt: nothing is cached
+            with pytest.raises(ChannelError, match=reason):
+                transport.publish(exchange, [OutgoingMessage("task.sent", b"{}")])
+        assert transport.stats.published == 0
+    finally:
+        transport.close()
+
+
+def test_oversized_messages_are_refused_counted_and_not_fatal(
+    amqp_url: str, exchange: Exchange, path: dict[str, Any]
+) -> None:
+    transport = AMQPTransport.from_url(amqp_url, max_message_bytes=1024, **path)
     try:
         subscription = transport.subscribe(exchange, "#", QueueOptions(queue_name()))
         with pytest.raises(ChannelError, match="max_message_bytes=1024") as refused:
@@ -276,13 +307,18 @@ def test_unroutable_messages_are_dropped_quietly(
     assert transport.stats.published == 3
 
 
-def test_confirmed_publish_waits_once_per_batch(amqp_url: str, exchange: Exchange) -> None:
-    transport = AMQPTransport.from_url(amqp_url + "?confirm_publish=true")
+def test_confirmed_publish_waits_once_per_batch(
+    amqp_url: str, exchange: Exchange, path: dict[str, Any]
+) -> None:
+    transport = AMQPTransport.from_url(amqp_url + "?confirm_publish=true", **path)
     try:
         subscription = transport.subscribe(exchange, "#", QueueOptions(queue_name()))
         messages = [OutgoingMessage("task.sent", str(i).encode()) for i in range(200)]
+        started = time.monotonic()
         transport.publish(exchange, messages[:150])
         transport.publish(exchange, messages[150:])
+        # The acks end each wait, not confirm_timeout (30 s).
+        assert time.monotonic() - started < 20
         assert (transport.stats.published, transport.stats.batches) == (200, 2)
         assert transport.stats.nacked == 0
         assert [m.body for m in receive_n(subscription, 200)] == [m.body for m in messages]

@@ -61,6 +61,7 @@ FIELDS = (
     "loadavg",
     "cluster_state",
     "_born",
+    "born_seq",
     "_children",
     "_extra",
     "__class__",

@@ -12,7 +12,7 @@ pika = pytest.importorskip("pika")
 from pika import frame, spec  # noqa: E402
 
 from evcore.transport import IncomingMessage  # noqa: E402
-from evcore_amqp.delivery import DeliveryReader, install  # noqa: E402
+from evcore_amqp.delivery import DeliveryReader  # noqa: E402
 
 CHANNEL = 1
 FRAME_MAX = 4096
@@ -135,10 +135,3 @@ def test_a_frame_with_a_bad_end_octet_is_left_to_pika() -> None:
     messages, passed, _ = run(bytes(bad[:method_end]), 0)
     assert messages == []
     assert passed == [bytes(bad[:method_end])]
-
-
-def test_install_needs_pikas_internals() -> None:
-    class Bare:
-        channel_number = 1
-
-    assert install(Bare(), Bare(), lambda message: None) is None

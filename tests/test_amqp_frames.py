@@ -1,4 +1,5 @@
-"""evcore_amqp.frames: basic.publish frames byte for byte as pika encodes them."""
+"""evcore_amqp.frames: basic.publish frames byte for byte as pika encodes them, and read
+back by pamqp (the codec of the publishing connection) as the message that was sent."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ pika = pytest.importorskip("pika")
 
 from pika import frame, spec  # noqa: E402
 
+pamqp_frame = pytest.importorskip("pamqp.frame")
+
 from evcore.transport import OutgoingMessage  # noqa: E402
-from evcore_amqp.frames import PublishEncoder, raw_output  # noqa: E402
+from evcore_amqp.frames import PublishEncoder  # noqa: E402
+from evcore_amqp.options import parse_url  # noqa: E402
+from evcore_amqp.publisher import Publisher  # noqa: E402
+from evcore_amqp.wire import PublishConnection  # noqa: E402
 
 FRAME_MAX = 131072
 
@@ -96,14 +102,54 @@ def test_templates_are_reused_across_sequence_numbers() -> None:
         OutgoingMessage("task.x", b"{}", {}, delivery_mode=256),
     ],
 )
-def test_what_the_encoder_does_not_cover_is_left_to_pika(message: OutgoingMessage) -> None:
+def test_what_the_encoder_does_not_cover_is_left_to_pamqp(message: OutgoingMessage) -> None:
     out: list[bytes] = []
     assert not PublishEncoder(1, FRAME_MAX).encode("celeryev", message, out)
     assert out == []
 
 
-def test_raw_output_needs_pikas_internals() -> None:
-    class Bare:
-        pass
+def read_back(data: bytes) -> tuple[Any, Any, bytes]:
+    """The publish method, the content header and the body, decoded by pamqp."""
+    values = []
+    while data:
+        size, _channel, value = pamqp_frame.unmarshal(data)
+        values.append(value)
+        data = data[size:]
+    method, header, *bodies = values
+    return method, header, b"".join(body.value for body in bodies)
 
-    assert raw_output(Bare()) is None
+
+def assert_carries(data: bytes, exchange: str, message: OutgoingMessage) -> None:
+    method, header, body = read_back(data)
+    assert (method.exchange, method.routing_key) == (exchange, message.routing_key)
+    assert header.body_size == len(message.body) and body == message.body
+    properties = header.properties
+    assert properties.content_type == message.content_type
+    assert properties.content_encoding == message.content_encoding
+    assert properties.delivery_mode == message.delivery_mode
+    assert properties.priority == message.priority
+    assert (properties.headers or {}) == dict(message.headers)
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=range(len(MESSAGES)))
+def test_pamqp_reads_our_frames_as_the_message_sent(message: OutgoingMessage) -> None:
+    assert_carries(ours(1, "celeryev", message, FRAME_MAX), "celeryev", message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        OutgoingMessage("task.x", b"{}", {"flag": True, "ratio": 0.5, "meta": {"a": [1, "b"]}}),
+        OutgoingMessage("task.x", b"{}", {"nothing": None, "huge": 2**40}),
+        OutgoingMessage("task.x", b"z" * (3 * 4096), {"n": 1}),
+    ],
+)
+def test_messages_left_to_pamqp_carry_the_same(message: OutgoingMessage) -> None:
+    """What the templates do not cover goes out encoded by pamqp, in the frame size of the
+    connection."""
+    options = parse_url("amqp://127.0.0.1:1//")
+    connection = PublishConnection(options, "test")
+    connection.channel, connection.frame_max = 1, 4096
+    frames = Publisher(options)._encode_with_pamqp(connection, "celeryev", message)
+    assert all(len(frame) <= 4096 for frame in frames)
+    assert_carries(b"".join(frames), "celeryev", message)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import ssl
 import sys
-from types import SimpleNamespace
 
-import pika
 import pytest
 from pika import exceptions as pe
 
@@ -225,6 +223,12 @@ def test_missing_pika_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
         AMQPTransport.from_url("amqp://h//")
 
 
+def test_missing_pamqp_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pamqp.commands", None)
+    with pytest.raises(MissingDependency, match=r"needs pamqp: pip install 'evcore\[amqp\]'"):
+        AMQPTransport.from_url("amqp://h//")
+
+
 # -- queue arguments ------------------------------------------------------------------------
 
 
@@ -315,24 +319,19 @@ def test_bugs_are_not_mapped() -> None:
 # -- publisher internals --------------------------------------------------------------------
 
 
-def _confirm(kind: str, tag: int, multiple: bool = False) -> SimpleNamespace:
-    method = (pika.spec.Basic.Ack if kind == "ack" else pika.spec.Basic.Nack)(tag, multiple)
-    return SimpleNamespace(method=method)
-
-
 def test_confirms_settle_single_and_multiple() -> None:
     confirms = _Confirms()
     confirms.expect(5)
-    confirms.on_confirm(_confirm("ack", 2))
+    confirms.on_confirm(2, False, False)
     assert list(confirms.pending) == [1, 3, 4, 5]
-    confirms.on_confirm(_confirm("ack", 3, multiple=True))
+    confirms.on_confirm(3, True, False)
     assert list(confirms.pending) == [4, 5]
-    confirms.on_confirm(_confirm("nack", 5, multiple=True))
+    confirms.on_confirm(5, True, True)
     assert not confirms.pending
     assert confirms.nacked == 2
     confirms.expect(2)
     assert list(confirms.pending) == [6, 7]
-    confirms.on_confirm(_confirm("ack", 0, multiple=True))
+    confirms.on_confirm(0, True, False)
     assert not confirms.pending
 
 

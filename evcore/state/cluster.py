@@ -5,20 +5,27 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, ItemsView, Iterator, Mapping, MutableMapping, ValuesView
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    ValuesView,
+)
 from itertools import count, islice
 from typing import Any, ClassVar, Generic, TypeVar
 
 from evcore.state import snapshot
 from evcore.state.index import TaskIndex, TimeEntry, TimeIndex
-from evcore.state.record import set_fields
 from evcore.state.states import (
     READY_STATES,
     TASK_EVENT_TO_STATE,
     Ordering,
     get_ordering,
 )
-from evcore.state.task import Task, merge_late
+from evcore.state.task import Task, apply_event
 from evcore.state.worker import HEARTBEAT_DRIFT_MAX, Worker, check_drift
 
 K = TypeVar("K")
@@ -328,7 +335,11 @@ class State:
         if timestamp.__class__ is not float and _not_a_number(timestamp):
             self._reject("bad-timestamp")
             return None
-        if local_received is not None and _not_a_number(local_received):
+        if (
+            local_received is not None
+            and local_received.__class__ is not float
+            and _not_a_number(local_received)
+        ):
             self._reject("bad-local_received")
             return None
         if clock is not None and clock.__class__ is not int:
@@ -351,32 +362,15 @@ class State:
             if local_received and timestamp:
                 if abs(local_received - timestamp) > HEARTBEAT_DRIFT_MAX:
                     check_drift(hostname, local_received, timestamp)
-                beats = worker.heartbeats
-                if beats and local_received > beats[-1]:  # in order: Worker._beat's common case
-                    if len(beats) >= worker.heartbeat_max:
-                        del beats[0]
-                    beats.append(local_received)
-                else:
-                    worker._beat(local_received)
-            origin = worker._id
-            hostname = worker._hostname  # the stored copy of the same string
+                worker.beat(local_received)
+            origin = worker.id
+            # The copy stored with the worker (see _add_worker), shared by its tasks.
+            hostname = self._strings.get(hostname, hostname)
 
         self._time.add((clock, origin, seq, uuid) if clock else (0, timestamp, seq, uuid))
         if kind.counted:
             self.task_count += 1
-        # apply_event() inlined for the common case of an event that is not late.
-        state = kind.state
-        if kind.stamp is not None:
-            setattr(task, kind.stamp, timestamp)
-        ordering = self.ordering
-        if ordering.is_late(task, state):
-            merged = merge_late(task, state, event, ordering)
-        else:
-            set_fields(task, event)
-            task.state = state
-            task.timestamp = timestamp
-            merged = True
-        if merged:
+        if apply_event(task, kind.stamp, kind.state, timestamp, event, self.ordering):
             # Keep one copy of strings that repeat across tasks instead of one per task.
             task.type = kind.type
             task.hostname = hostname
@@ -393,26 +387,28 @@ class State:
         if self._pending:
             waiting = self._pending.pop(uuid, None)
             if waiting:
-                self._adopt(task, waiting)
+                task.adopt_children(waiting)
         return (task, created), kind.subject
 
     def _share_strings(self, task: Task, fields: tuple[str, ...]) -> None:
+        strings = self._strings
         for field in fields:
             value = getattr(task, field)
             if value.__class__ is str:
-                setattr(task, field, self._intern(value))
+                known = strings.get(value)
+                setattr(task, field, self._intern(value) if known is None else known)
 
     # -- storage, eviction and indexes ------------------------------------------------------
 
     def _add_task(self, uuid: str, seq: int) -> Task:
         task = Task(uuid, self)
-        task._born = seq
-        task._children = None
+        task.born_seq = seq
         self._tasks[uuid] = task
         self._evict_tasks()
         return task
 
     def _add_worker(self, hostname: str) -> Worker:
+        hostname = self._intern(hostname)
         worker = self._workers[hostname] = Worker(hostname)
         self._evict_workers()
         return worker
@@ -441,8 +437,8 @@ class State:
         parent_id = task.parent_id
         if parent_id.__class__ is str:
             parent = self._tasks.get(parent_id)
-            if parent is not None and parent._children:
-                parent._children.discard(uuid)
+            if parent is not None:
+                parent.discard_child(uuid)
             waiting = self._pending.get(parent_id)
             if waiting is not None:
                 waiting.discard(uuid)
@@ -462,10 +458,10 @@ class State:
             _index_add(self.tasks_by_type._sets, name, uuid)
             self._seen_types.add(name)
         worker = task.worker
-        new = (task.client, None if worker is None else worker._hostname)
+        new = (task.client, None if worker is None else worker.hostname)
         sets = self.tasks_by_worker._sets
         if was_indexed:
-            old = (prev_client, None if prev_worker is None else prev_worker._hostname)
+            old = (prev_client, None if prev_worker is None else prev_worker.hostname)
             for host in old:
                 if host is not None and host not in new:
                     self.tasks_by_worker._discard(host, uuid)
@@ -483,11 +479,7 @@ class State:
         parent = self._tasks.get(parent_id)
         if parent is not None:
             self._tasks.move_to_end(parent_id)
-            children = parent._children
-            if children is None:
-                parent._children = {uuid}
-            else:
-                children.add(uuid)
+            parent.add_child(uuid)
             return
         pending = self._pending
         waiting = pending.get(parent_id)
@@ -501,18 +493,15 @@ class State:
             pending.move_to_end(parent_id)
             waiting.add(uuid)
 
-    def _adopt(self, task: Task, children: set[str]) -> None:
-        if task._children is None:
-            task._children = children
-        else:
-            task._children |= children
-
     # -- lookups used by Task and the indexes -----------------------------------------------
 
-    def _resolve_one(self, uuid: str) -> Task | None:
+    def find_task(self, uuid: str) -> Task | None:
+        """The stored task ``uuid``, if any; unlike ``tasks[uuid]`` it does not mark the
+        task as recently used (a task's ``parent``, ``root`` and ``children`` read this)."""
         return self._tasks.get(uuid)
 
-    def _resolve(self, uuids: set[str]) -> set[Task]:
+    def find_tasks(self, uuids: Iterable[str]) -> set[Task]:
+        """The stored tasks among ``uuids`` (see :meth:`find_task`)."""
         return set(self._resolve_list(iter(list(uuids))))
 
     def _resolve_list(self, uuids: Iterator[str]) -> list[Task]:
@@ -582,7 +571,7 @@ class State:
             if uuid in seen:
                 continue
             task = tasks.get(uuid)
-            if task is None or entry[2] < task._born:
+            if task is None or entry[2] < task.born_seq:
                 continue
             seen.add(uuid)
             yield uuid, task
@@ -623,9 +612,9 @@ class State:
             for uuid, task in self._tasks.items():
                 clock, origin = task.clock, task.origin
                 if clock and clock.__class__ is int:
-                    entries.append((clock, origin or "", task._born, uuid))
+                    entries.append((clock, origin or "", task.born_seq, uuid))
                 else:
-                    entries.append((0, task.timestamp or 0, task._born, uuid))
+                    entries.append((0, task.timestamp or 0, task.born_seq, uuid))
             self._time.replace(entries)
 
     # -- clearing ---------------------------------------------------------------------------
@@ -668,8 +657,7 @@ class State:
         self.tasks_by_type._clear()
         self.tasks_by_worker._clear()
         for _uuid, task in kept:
-            if task._children:
-                task._children.intersection_update(self._tasks)
+            task.keep_children(self._tasks)
             if task.name.__class__ is str:
                 self._reindex(task, None, None, None)
         for parent_id, waiting in list(self._pending.items()):
@@ -696,8 +684,51 @@ class State:
         options.update(parsed.get("limits", {}))
         options.update(kwargs)
         state = cls(**options)
-        snapshot.restore(state, parsed)
+        state.import_contents(snapshot.contents(parsed))
         return state
+
+    def export_contents(self) -> snapshot.Contents:
+        """Workers, tasks, links and counters as they are now (what a snapshot holds)."""
+        with self._lock:
+            return snapshot.Contents(
+                ordering=self.ordering.name,
+                max_workers_in_memory=self.max_workers_in_memory,
+                max_tasks_in_memory=self.max_tasks_in_memory,
+                event_count=self.event_count,
+                task_count=self.task_count,
+                task_types=set(self._seen_types),
+                workers=list(self._workers.values()),
+                tasks=list(self._tasks.values()),
+                pending_children={
+                    parent: set(children) for parent, children in self._pending.items()
+                },
+            )
+
+    def import_contents(self, contents: snapshot.Contents) -> None:
+        """Fill this empty State from ``contents``, applying its own limits (the least
+        recently used go first) and rebuilding the indexes."""
+        with self._lock:
+            self.event_count = contents.event_count
+            self.task_count = contents.task_count
+            self._seen_types.update(contents.task_types)
+            for worker in contents.workers:
+                self._workers[str(worker.hostname)] = worker
+            self._evict_workers()
+            for task in contents.tasks:
+                task.cluster_state = self
+                task.born_seq = next(self._seq)
+                self._tasks[task.uuid] = task
+                self._evict_tasks()
+            for task in self._tasks.values():
+                task.keep_children(self._tasks)
+                if task.name.__class__ is str:
+                    self._reindex(task, None, None, None)
+            for parent_id, children in contents.pending_children.items():
+                self._pending[parent_id] = set(children)
+            limit = self.max_tasks_in_memory
+            while limit and len(self._pending) > limit:
+                self._pending.popitem(last=False)
+            self.rebuild_taskheap()
 
     def __repr__(self) -> str:
         return f"<State: events={self.event_count} tasks={self.task_count}>"

@@ -13,20 +13,23 @@ A snapshot is a JSON object::
 limits keeps the most recent ones. ``detached_workers`` are workers that tasks still refer
 to but that were evicted from (or never stored in) ``workers``. The time index is rebuilt
 with one entry per task, from its clock and timestamp.
+
+The State hands its contents over as :class:`Contents` (``State.export_contents()``) and
+takes them back with ``State.import_contents()``; this module only converts between
+:class:`Contents` and the JSON form, so it needs no State internals and does not import
+the State.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from evcore.codec import dumps, loads
 from evcore.state.record import set_fields
 from evcore.state.task import Task
 from evcore.state.worker import Worker
-
-if TYPE_CHECKING:
-    from evcore.state.cluster import State
 
 FORMAT = "evcore.state"
 VERSION = 1
@@ -39,37 +42,63 @@ class SnapshotError(ValueError):
     """A snapshot that is not an evcore State snapshot, or of an unknown version."""
 
 
-def to_json(state: State) -> str:
+@dataclass
+class Contents:
+    """Everything a snapshot holds, as the State's own objects."""
+
+    ordering: str
+    max_workers_in_memory: int | None
+    max_tasks_in_memory: int | None
+    event_count: int = 0
+    task_count: int = 0
+    task_types: Iterable[str] = ()
+    #: Stored workers, least recently used first.
+    workers: list[Worker] = field(default_factory=list)
+    #: Stored tasks, least recently used first (each task's ``worker`` may be a worker
+    #: that is not stored).
+    tasks: list[Task] = field(default_factory=list)
+    #: Children seen before their parent: parent uuid -> child uuids.
+    pending_children: Mapping[str, Iterable[str]] = field(default_factory=dict)
+
+
+class Exportable(Protocol):
+    """What :func:`snapshot` needs of a State."""
+
+    def export_contents(self) -> Contents:
+        """The contents, copied consistently (under the State's lock)."""
+
+
+def to_json(state: Exportable) -> str:
     """The state as JSON text (see the module documentation for the format)."""
     return dumps(snapshot(state)).decode("utf-8")
 
 
-def snapshot(state: State) -> dict[str, Any]:
-    """The state as a JSON-serialisable dict, taken under the state's lock."""
-    with state._lock:
-        stored = state._workers
-        detached: dict[str, Worker] = {}
-        for task in state._tasks.values():
-            worker = task.worker
-            if worker is not None and stored.get(str(worker.hostname)) is not worker:
-                detached[str(worker.hostname)] = worker
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "ordering": state.ordering.name,
-            "limits": {
-                "max_workers_in_memory": state.max_workers_in_memory,
-                "max_tasks_in_memory": state.max_tasks_in_memory,
-            },
-            "counters": {"event_count": state.event_count, "task_count": state.task_count},
-            "task_types": sorted(state._seen_types),
-            "workers": [_dump_worker(worker) for worker in stored.values()],
-            "detached_workers": [_dump_worker(worker) for worker in detached.values()],
-            "tasks": [_dump_task(task) for task in state._tasks.values()],
-            "pending_children": {
-                parent: sorted(children) for parent, children in state._pending.items()
-            },
-        }
+def snapshot(state: Exportable) -> dict[str, Any]:
+    """The state as a JSON-serialisable dict."""
+    contents = state.export_contents()
+    stored = {str(worker.hostname): worker for worker in contents.workers}
+    detached: dict[str, Worker] = {}
+    for task in contents.tasks:
+        worker = task.worker
+        if worker is not None and stored.get(str(worker.hostname)) is not worker:
+            detached[str(worker.hostname)] = worker
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "ordering": contents.ordering,
+        "limits": {
+            "max_workers_in_memory": contents.max_workers_in_memory,
+            "max_tasks_in_memory": contents.max_tasks_in_memory,
+        },
+        "counters": {"event_count": contents.event_count, "task_count": contents.task_count},
+        "task_types": sorted(contents.task_types),
+        "workers": [_dump_worker(worker) for worker in contents.workers],
+        "detached_workers": [_dump_worker(worker) for worker in detached.values()],
+        "tasks": [_dump_task(task) for task in contents.tasks],
+        "pending_children": {
+            parent: sorted(children) for parent, children in contents.pending_children.items()
+        },
+    }
 
 
 def parse(data: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -82,53 +111,46 @@ def parse(data: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
     return decoded
 
 
-def restore(state: State, data: Mapping[str, Any]) -> None:
-    """Fill an empty ``state`` from a parsed snapshot, applying ``state``'s own limits."""
-    with state._lock:
-        counters = data.get("counters", {})
-        state.event_count = int(counters.get("event_count", 0))
-        state.task_count = int(counters.get("task_count", 0))
-        state._seen_types.update(data.get("task_types", ()))
-        workers = {}
-        for fields in data.get("detached_workers", ()):
-            worker = _load_worker(fields)
-            workers[worker.hostname] = worker
-        for fields in data.get("workers", ()):
-            worker = _load_worker(fields)
-            workers[worker.hostname] = worker
-            state._workers[str(worker.hostname)] = worker
-        state._evict_workers()
-        for fields in data.get("tasks", ()):
-            task = _load_task(state, fields, workers)
-            state._tasks[task.uuid] = task
-            state._evict_tasks()
-        for task in state._tasks.values():
-            if task._children:
-                task._children.intersection_update(state._tasks)
-            if task.name.__class__ is str:
-                state._reindex(task, None, None, None)
-        for parent_id, children in data.get("pending_children", {}).items():
-            state._pending[parent_id] = set(children)
-        limit = state.max_tasks_in_memory
-        while limit and len(state._pending) > limit:
-            state._pending.popitem(last=False)
-        state.rebuild_taskheap()
+def contents(data: Mapping[str, Any]) -> Contents:
+    """The :class:`Contents` of a parsed snapshot, for ``State.import_contents()``."""
+    limits = data.get("limits", {})
+    counters = data.get("counters", {})
+    workers: dict[Any, Worker] = {}
+    for fields in data.get("detached_workers", ()):
+        worker = _load_worker(fields)
+        workers[worker.hostname] = worker
+    stored = []
+    for fields in data.get("workers", ()):
+        worker = _load_worker(fields)
+        workers[worker.hostname] = worker
+        stored.append(worker)
+    return Contents(
+        ordering=data.get("ordering", "celery"),
+        max_workers_in_memory=limits.get("max_workers_in_memory"),
+        max_tasks_in_memory=limits.get("max_tasks_in_memory"),
+        event_count=int(counters.get("event_count", 0)),
+        task_count=int(counters.get("task_count", 0)),
+        task_types=data.get("task_types", ()),
+        workers=stored,
+        tasks=[_load_task(fields, workers) for fields in data.get("tasks", ())],
+        pending_children=data.get("pending_children", {}),
+    )
 
 
 def _dump_worker(worker: Worker) -> dict[str, Any]:
     data: dict[str, Any] = {"hostname": worker.hostname, "heartbeats": list(worker.heartbeats)}
     for name in _WORKER_FIELDS:
         data[name] = getattr(worker, name)
-    if worker._extra:
-        data["extra"] = dict(worker._extra)
+    extra = worker.extra_fields
+    if extra:
+        data["extra"] = extra
     return data
 
 
 def _load_worker(data: Mapping[str, Any]) -> Worker:
     worker = Worker(data["hostname"], heartbeats=list(data.get("heartbeats", ())))
     set_fields(worker, {name: data[name] for name in _WORKER_FIELDS if name in data})
-    for key, value in data.get("extra", {}).items():
-        worker._set_extra(key, value)
+    set_fields(worker, data.get("extra", {}))
     return worker
 
 
@@ -143,23 +165,22 @@ def _dump_task(task: Task) -> dict[str, Any]:
     worker = task.worker
     if worker is not None:
         data["worker"] = worker.hostname
-    if task._children:
-        data["children"] = sorted(task._children)
-    if task._extra:
-        data["extra"] = dict(task._extra)
+    children = task.child_ids
+    if children:
+        data["children"] = sorted(children)
+    extra = task.extra_fields
+    if extra:
+        data["extra"] = extra
     return data
 
 
-def _load_task(state: State, data: Mapping[str, Any], workers: Mapping[Any, Worker]) -> Task:
-    task = Task(data["uuid"], state)
-    task._born = next(state._seq)
-    task._children = set(data["children"]) if data.get("children") else None
+def _load_task(data: Mapping[str, Any], workers: Mapping[Any, Worker]) -> Task:
+    task = Task(data["uuid"], children=data.get("children"))
     fields = {name: data[name] for name in _TASK_FIELDS if name in data and name != "state"}
     set_fields(task, fields)
     task.state = data.get("state", task.state)
     hostname = data.get("worker")
     if hostname is not None:
         task.worker = workers.get(hostname) or Worker(hostname)
-    for key, value in data.get("extra", {}).items():
-        task._set_extra(key, value)
+    set_fields(task, data.get("extra", {}))
     return task

@@ -20,10 +20,14 @@ never changes ``task.state``; its fields are still merged (see :class:`Ordering`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from evcore.state.task import Task
+
+class _Stateful(Protocol):
+    """What an ordering reads of a task: its current state (and ``requeue``, if set)."""
+
+    state: str
+
 
 PENDING = "PENDING"
 RECEIVED = "RECEIVED"
@@ -111,7 +115,7 @@ class Ordering:
         """The rank of ``state``; lower ranks higher."""
         return self._ranks.get(state, self._custom_rank)
 
-    def is_late(self, task: Task, new_state: str) -> bool:
+    def is_late(self, task: _Stateful, new_state: str) -> bool:
         """Whether ``new_state`` happened before ``task``'s current state."""
         current = task.state
         if RETRY in (new_state, current):
@@ -126,7 +130,7 @@ class Ordering:
 class _TerminalOrdering(Ordering):
     __slots__ = ()
 
-    def is_late(self, task: Task, new_state: str) -> bool:
+    def is_late(self, task: _Stateful, new_state: str) -> bool:
         current = task.state
         ranks, custom = self._ranks, self._custom_rank
         requeued = current == REJECTED and bool(getattr(task, "requeue", False))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Container, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from evcore.state.record import Record
+from evcore.state.record import Record, set_fields
 from evcore.state.states import (
     CELERY_ORDERING,
     MERGE_RULES,
@@ -16,11 +16,22 @@ from evcore.state.states import (
 )
 
 if TYPE_CHECKING:
-    from evcore.state.cluster import State
     from evcore.state.worker import Worker
 
 #: Subjects whose timestamp is kept in an attribute of the same name (``task.started``...).
 STAMPED_SUBJECTS = frozenset(TASK_EVENT_TO_STATE)
+
+
+class TaskOwner(Protocol):
+    """What a task reads from the State that holds it (``task.cluster_state``)."""
+
+    ordering: Ordering
+
+    def find_task(self, uuid: str) -> Task | None:
+        """The stored task ``uuid``, if any (not marked as recently used)."""
+
+    def find_tasks(self, uuids: Iterable[str]) -> set[Task]:
+        """The stored tasks among ``uuids``."""
 
 
 class Task(Record):
@@ -35,9 +46,9 @@ class Task(Record):
     """
 
     __slots__ = (
-        "_born",
         "_children",
         "args",
+        "born_seq",
         "client",
         "clock",
         "cluster_state",
@@ -78,12 +89,14 @@ class Task(Record):
         "worker",
     )
 
-    _born: int
     _children: set[str] | None
     args: Any
+    #: The holding State's sequence number when it stored this task: its time index
+    #: ignores older entries, left by an earlier task of the same uuid (0: not stored).
+    born_seq: int
     client: str | None
     clock: int | None
-    cluster_state: State | None
+    cluster_state: TaskOwner | None
     eta: Any
     exception: Any
     exchange: Any
@@ -177,10 +190,10 @@ class Task(Record):
         **dict.fromkeys(__slots__),
         "state": PENDING,
         "clock": 0,
-        "_born": 0,
+        "born_seq": 0,
     }
     _settable: ClassVar[frozenset[str]] = frozenset(__slots__) - {
-        "_born",
+        "born_seq",
         "_children",
         "cluster_state",
         "state",
@@ -190,7 +203,7 @@ class Task(Record):
     def __init__(
         self,
         uuid: str | None = None,
-        cluster_state: State | None = None,
+        cluster_state: TaskOwner | None = None,
         children: Iterable[str] | None = None,
         **fields: Any,
     ) -> None:
@@ -202,8 +215,7 @@ class Task(Record):
         self.client = None
         self.worker = None
         self.parent_id = None
-        if children:
-            self._children = set(children)
+        self._children = set(children) if children else None
         if fields:
             if "state" in fields:
                 self.state = fields.pop("state")
@@ -261,12 +273,37 @@ class Task(Record):
         state = self.cluster_state
         if not uuids or state is None:
             return set()
-        return state._resolve(uuids)
+        return state.find_tasks(uuids)
 
     @property
     def child_ids(self) -> frozenset[str]:
         """The uuids of every child seen (including evicted ones not yet forgotten)."""
         return frozenset(self._children or ())
+
+    def add_child(self, uuid: str) -> None:
+        """Record the child task ``uuid``."""
+        children = self._children
+        if children is None:
+            self._children = {uuid}
+        else:
+            children.add(uuid)
+
+    def adopt_children(self, uuids: set[str]) -> None:
+        """Record the children ``uuids`` (the set is kept, not copied)."""
+        if self._children is None:
+            self._children = uuids
+        else:
+            self._children |= uuids
+
+    def discard_child(self, uuid: str) -> None:
+        """Forget the child ``uuid`` if it is recorded."""
+        if self._children:
+            self._children.discard(uuid)
+
+    def keep_children(self, uuids: Container[str]) -> None:
+        """Forget every child not in ``uuids``."""
+        if self._children:
+            self._children = {uuid for uuid in self._children if uuid in uuids}
 
     def _lookup(self, uuid: str | None) -> Task | None:
         state = self.cluster_state
@@ -274,7 +311,7 @@ class Task(Record):
         # can name a task.
         if not uuid or uuid.__class__ is not str or state is None:
             return None
-        return state._resolve_one(uuid)
+        return state.find_task(uuid)
 
     def info(
         self, fields: Iterable[str] | None = None, extra: Iterable[str] | None = None
@@ -333,14 +370,14 @@ def apply_event(
     if stamp is not None:
         setattr(task, stamp, timestamp)
     if ordering.is_late(task, state):
-        return merge_late(task, state, fields, ordering)
-    task._merge(fields)
+        return _merge_late(task, state, fields, ordering)
+    set_fields(task, fields)
     task.state = state
     task.timestamp = timestamp
     return True
 
 
-def merge_late(task: Task, state: str, fields: Mapping[str, Any], ordering: Ordering) -> bool:
+def _merge_late(task: Task, state: str, fields: Mapping[str, Any], ordering: Ordering) -> bool:
     """Merge a late event of ``state``: only the fields its merge rule keeps, or all but
     the ordering's ``late_skip``; the state does not move. Returns whether every field
     was merged."""

@@ -78,12 +78,12 @@ class Worker(Record):
 
     __slots__ = (
         "_hostname",
-        "_id",
         "_pid",
         "active",
         "clock",
         "freq",
         "heartbeats",
+        "id",
         "loadavg",
         "local_received",
         "processed",
@@ -99,6 +99,9 @@ class Worker(Record):
     clock: Any
     freq: Any
     heartbeats: list[float]
+    #: ``'<hostname>.<pid>'``, the worker's origin in the time-ordered task index (kept
+    #: up to date when ``hostname`` or ``pid`` change).
+    id: str
     loadavg: Any
     local_received: Any
     processed: Any
@@ -168,7 +171,7 @@ class Worker(Record):
     ) -> None:
         self._hostname = hostname
         self._pid = pid
-        self._id = f"{hostname}.{pid}"
+        self.id = f"{hostname}.{pid}"
         self.freq = freq
         self.heartbeats = [] if heartbeats is None else heartbeats
         self.clock = clock or 0
@@ -187,7 +190,7 @@ class Worker(Record):
     @hostname.setter
     def hostname(self, value: str | None) -> None:
         self._hostname = value
-        self._id = f"{value}.{self._pid}"
+        self.id = f"{value}.{self._pid}"
 
     @property
     def pid(self) -> int | None:
@@ -197,12 +200,7 @@ class Worker(Record):
     @pid.setter
     def pid(self, value: int | None) -> None:
         self._pid = value
-        self._id = f"{self._hostname}.{value}"
-
-    @property
-    def id(self) -> str:
-        """``'<hostname>.<pid>'``, the worker's origin in the time-ordered task index."""
-        return self._id
+        self.id = f"{self._hostname}.{value}"
 
     def event(
         self,
@@ -218,9 +216,11 @@ class Worker(Record):
             self.heartbeats.clear()
         elif local_received and timestamp:
             check_drift(str(self._hostname), local_received, timestamp)
-            self._beat(local_received)
+            self.beat(local_received)
 
-    def _beat(self, local_received: float) -> None:
+    def beat(self, local_received: float) -> None:
+        """Record a heartbeat received at ``local_received``: ``heartbeats`` stays sorted
+        and keeps the newest :attr:`heartbeat_max`. Every task event of the worker is one."""
         heartbeats = self.heartbeats
         count = len(heartbeats)
         if count >= self.heartbeat_max:

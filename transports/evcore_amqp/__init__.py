@@ -1,4 +1,4 @@
-"""evcore's AMQP 0-9-1 transport (RabbitMQ) on pika: ``amqp://``, ``amqps://``, ``pyamqp://``.
+"""evcore's AMQP 0-9-1 transport (RabbitMQ): ``amqp://``, ``amqps://``, ``pyamqp://``.
 
 On the wire it is what Celery declares and sends: a durable ``topic`` exchange, one exclusive
 auto-delete queue per receiver with ``x-message-ttl``/``x-expires``, raw JSON bodies with

@@ -9,14 +9,10 @@ and body frames, become :class:`~evcore.transport.IncomingMessage` here, with th
 pika's decoder would give; every other frame (heartbeats, channel and connection methods,
 a consumer cancelled by the broker) is handed to pika unchanged and in order.
 
-This module is the only place on the consuming side that relies on pika's private
-internals, all present throughout pika 1.x (which the package pins): it wraps
-``Connection._on_data_available`` on the connection instance, keeps
-``Connection.bytes_received`` and ``frames_received`` up to date (pika's heartbeat
-checker watches them), and calls ``BlockingConnection._request_channel_dispatch`` so that
-``process_data_events`` returns once messages have arrived. :func:`install` returns None
-when any of them is missing or pika holds unparsed bytes; the subscription then consumes
-through pika's callbacks.
+Part of the opt-in fast path (:mod:`evcore_amqp.fastpath`, which lists the pika internals
+it uses and the pika versions it runs on). :func:`install` returns None when pika already
+holds unparsed bytes of the connection; the subscription then consumes through pika's
+callbacks.
 """
 
 from __future__ import annotations
@@ -215,19 +211,14 @@ def install(
 ) -> DeliveryReader | None:
     """Put a :class:`DeliveryReader` in front of pika's parser on ``connection`` (a
     ``BlockingConnection``) for ``channel`` (its ``BlockingChannel``), before the consumer
-    starts; None (nothing changed) where pika's internals are not as expected."""
+    starts; None (nothing changed) when pika holds bytes it has not parsed yet."""
     pika = load_pika()
-    try:
-        impl = connection._impl
-        parse = impl._on_data_available
-        request_dispatch = connection._request_channel_dispatch
-        pending = impl._frame_buffer
-        number = channel.channel_number
-        impl.bytes_received, impl.frames_received  # noqa: B018  (they must exist)
-    except AttributeError:
+    impl = connection._impl
+    if impl._frame_buffer:
         return None
-    if pending or number.__class__ is not int or not callable(parse):
-        return None
+    parse = impl._on_data_available
+    request_dispatch = connection._request_channel_dispatch
+    number = channel.channel_number
 
     def decode_properties(data: bytes) -> tuple[Any, Any, Any]:
         properties = pika.spec.BasicProperties()

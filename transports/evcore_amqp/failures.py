@@ -11,6 +11,7 @@ from evcore.errors import ChannelError, ConnectionLost, EvcoreError, TransportEr
 __all__ = [
     "RESOURCE_LOCKED",
     "channel_level",
+    "channel_refusal",
     "inequivalent_arg",
     "reply_code",
     "translate",
@@ -49,7 +50,8 @@ def reply_code(exc: BaseException | None) -> int | None:
     return code if isinstance(code, int) else None
 
 
-def _channel_refusal(code: int, text: str, what: str) -> TransportError:
+def channel_refusal(code: int, text: str, what: str) -> ChannelError:
+    """The error for a broker closing a channel with ``code`` and ``text`` during ``what``."""
     mismatch = inequivalent_arg(text) if code == 406 else None
     if mismatch is not None and mismatch["arg"] == "type":
         return ChannelError(
@@ -77,7 +79,7 @@ def translate(exc: BaseException, what: str = "the operation") -> TransportError
     from pika import exceptions as pe  # type: ignore[import-untyped]  # noqa: PLC0415
 
     if isinstance(exc, pe.ChannelClosedByBroker):
-        return _channel_refusal(exc.reply_code, exc.reply_text, what)
+        return channel_refusal(exc.reply_code, exc.reply_text, what)
     if isinstance(exc, pe.ConnectionClosedByBroker):
         if exc.reply_code in _REFUSED_CONNECTION_CODES:
             return ChannelError(f"broker refused {what}: {exc.reply_code} {exc.reply_text}")

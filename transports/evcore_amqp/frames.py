@@ -1,22 +1,15 @@
-"""basic.publish frames encoded here and written to pika's output buffer in one piece.
+"""basic.publish frames encoded from templates cached per property shape.
 
-pika encodes each published message into three or more frames (method, content header,
-body) with a fresh ``BasicProperties`` and hands every frame to its socket with a
-``send()`` of its own. For events that per-message cost is most of the publishing time:
-the properties change with every message (the ``evcore-seq`` header), so they cannot be
-cached. :class:`PublishEncoder` writes the same bytes pika would (AMQP 0-9-1, checked
-against pika's own encoder in ``tests/test_amqp_frames.py``) from templates cached per
-property shape, with only the body size and the integer header values filled in per
-message; :class:`RawOutput` then hands a whole batch to pika's connection as one buffer.
+A general encoder (pika's, pamqp's) builds every published message's properties and frames
+afresh. For events that per-message cost is most of the publishing time: the properties
+change with every message (the ``evcore-seq`` header), so they cannot be cached whole.
+:class:`PublishEncoder` writes the same bytes (AMQP 0-9-1; checked against pika's and
+pamqp's encoders in ``tests/test_amqp_frames.py``) from templates cached per property
+shape, with only the body size and the integer header values filled in per message; the
+publishing connection (:mod:`evcore_amqp.wire`) writes a whole batch in one piece.
 
-Beyond the publisher's use of ``BlockingChannel._impl`` and ``_flush_output``, this module
-holds the publishing side's reliance on pika's private connection internals
-(``Connection._output_marshaled_frames`` and ``Connection._body_max_length``, present
-throughout pika 1.x, which the package pins; the consuming side's are in
-:mod:`evcore_amqp.delivery`). :func:`raw_output` returns None when they are missing and the
-publisher then goes through ``basic_publish`` as before. A message whose properties this
-encoder does not cover (a header value other than a string or an integer, strings too long
-for a short string, ...) is also left to pika, so pika's own errors still apply to it.
+A message whose properties this encoder does not cover (a header value other than a string
+or an integer, strings too long for a short string, ...) is left to pamqp.
 """
 
 from __future__ import annotations
@@ -27,7 +20,7 @@ from typing import Any
 
 from evcore.transport import OutgoingMessage
 
-__all__ = ["PublishEncoder", "RawOutput", "raw_output"]
+__all__ = ["PublishEncoder"]
 
 _METHOD_FRAME, _HEADER_FRAME, _BODY_FRAME = 1, 2, 3
 _FRAME_END = b"\xce"
@@ -257,39 +250,3 @@ class PublishEncoder:
             self._headers.clear()
         self._headers[key] = template
         return template
-
-
-class RawOutput:
-    """Writes encoded frames straight to a pika channel's connection buffer."""
-
-    def __init__(self, impl: Any, write: Any, encoder: PublishEncoder) -> None:
-        self._impl = impl
-        self._write = write
-        self.encoder = encoder
-
-    @property
-    def is_open(self) -> bool:
-        """Whether the channel can take frames."""
-        return bool(self._impl.is_open)
-
-    def write(self, frames: list[bytes]) -> None:
-        """Queue ``frames`` (whole messages, in order) as one buffer; the caller flushes."""
-        self._write([b"".join(frames)])
-
-
-def raw_output(channel: Any) -> RawOutput | None:
-    """A :class:`RawOutput` for a pika ``BlockingChannel``, or None when pika's internals
-    are not what this module expects (then publish through ``basic_publish``)."""
-    try:
-        impl = channel._impl
-        connection = impl.connection
-        write = connection._output_marshaled_frames
-        body_max = connection._body_max_length
-        number = impl.channel_number
-    except AttributeError:
-        return None
-    if not callable(write) or body_max.__class__ is not int or body_max < 1:
-        return None
-    if number.__class__ is not int:
-        return None
-    return RawOutput(impl, write, PublishEncoder(number, body_max + _FRAME_OVERHEAD))

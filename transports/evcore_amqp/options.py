@@ -95,6 +95,9 @@ class AMQPOptions:
     #: ``basic.qos`` prefetch for consumers; 0 sends none (RabbitMQ ignores it with no_ack).
     prefetch_count: int = 0
     connection_name: str = field(default_factory=lambda: f"evcore-{uuid.uuid4().hex[:12]}")
+    #: Ask for the fast path (see :mod:`evcore_amqp.fastpath`): honoured only on the pika
+    #: versions it was tested against.
+    fast_path: bool = False
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -162,6 +165,7 @@ _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "max_message_bytes": _as_number(int, 1),
     "prefetch_count": _as_number(int, 0),
     "connection_name": _as_text,
+    "fast_path": _as_bool,
 }
 _TLS_CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "ssl_ca_certs": _as_text,

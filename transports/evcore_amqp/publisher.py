@@ -1,36 +1,24 @@
 """The publishing half of the AMQP transport: one lazily opened connection and channel.
 
-A batch is written to pika's output buffer and flushed once, so it costs no round trip per
-message; with publisher confirms the whole batch waits for its acks once. pika's public
-``BlockingChannel.basic_publish`` flushes (and, in confirm mode, waits) per message, so this
-module drives the underlying asynchronous channel of the ``BlockingChannel`` (its ``_impl``)
-and flushes through ``BlockingChannel._flush_output``; both are stable across pika 1.x.
-The frames of a batch are encoded by :mod:`evcore_amqp.frames` and queued as one buffer
-(pika itself would build properties and issue a socket send per frame); where that module
-cannot be used, messages go through the channel's ``basic_publish``.
+The connection is evcore's own (:mod:`evcore_amqp.wire`): a batch is encoded from cached
+templates (:mod:`evcore_amqp.frames`) and written in one piece, so it costs no round trip
+and no flush per message; with publisher confirms the whole batch waits for its acks once.
+A message the templates do not cover is encoded with pamqp instead, in its place.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from evcore.errors import ChannelError, ConnectionLost
 from evcore.transport import Exchange, OutgoingMessage
-from evcore_amqp.connection import load_pika, open_connection
-from evcore_amqp.failures import channel_level, translate
-from evcore_amqp.frames import RawOutput, raw_output
 from evcore_amqp.options import AMQPOptions
-
-if TYPE_CHECKING:
-    from pika.adapters.blocking_connection import (  # type: ignore[import-untyped]
-        BlockingChannel,
-        BlockingConnection,
-    )
+from evcore_amqp.wire import PublishConnection, load_pamqp
 
 __all__ = ["PublishStats", "Publisher"]
 
@@ -47,6 +35,9 @@ class PublishStats:
     batches: int = 0
     #: Messages refused before sending because they exceed ``max_message_bytes``.
     oversized: int = 0
+    #: Messages refused before sending because AMQP cannot carry them (a routing key over
+    #: 255 bytes, a header value of no AMQP type...).
+    unencodable: int = 0
     #: Messages the broker negatively acknowledged (``confirm_publish`` only).
     nacked: int = 0
     #: Connections opened (the first one included).
@@ -67,9 +58,7 @@ class _Confirms:
         self.pending.extend(range(self.next_tag, self.next_tag + count))
         self.next_tag += count
 
-    def on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        tag, multiple = method.delivery_tag, method.multiple
+    def on_confirm(self, tag: int, multiple: bool, nacked: bool) -> None:
         settled = 0
         pending = self.pending
         if multiple:
@@ -82,7 +71,7 @@ class _Confirms:
         elif tag in pending:
             pending.remove(tag)
             settled = 1
-        if type(method).__name__ == "Nack":
+        if nacked:
             self.nacked += settled
 
 
@@ -94,13 +83,11 @@ class Publisher:
         self.connection_name = f"{options.connection_name}/publisher"
         self.stats = PublishStats()
         self._lock = threading.Lock()
-        self._connection: BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
-        self._raw: RawOutput | None = None
+        self._connection: PublishConnection | None = None
         self._confirms: _Confirms | None = None
         self._declared: set[Exchange] = set()
         self._properties: dict[tuple[Any, ...], Any] = {}
-        self._basic_properties: Callable[..., Any] = load_pika().BasicProperties
+        self._commands = load_pamqp().commands
         self._closed = False
 
     # -- public ---------------------------------------------------------------------------
@@ -113,18 +100,30 @@ class Publisher:
             if not messages:
                 return
             try:
-                oversized = self._publish(exchange, messages)
-            except Exception as exc:
-                error = translate(exc, f"publishing to exchange {exchange.name!r}")
-                if error is None or error is exc:  # a bug, or an error raised here
-                    raise
-                self._recover(exc)
-                raise error from exc
+                oversized, unencodable, nacked = self._publish(exchange, messages)
+            except ChannelError:
+                connection = self._connection
+                if connection is None or not connection.channel:  # the broker closed it
+                    self.stats.channel_errors += 1
+                    self._forget_channel()
+                raise
+            except ConnectionLost:
+                self._drop_connection()
+                raise
+        if nacked:
+            raise ChannelError(f"the broker refused (nacked) {nacked} published message(s)")
+        refused = []
         if oversized:
+            refused.append(f"{oversized} exceed max_message_bytes={self.options.max_message_bytes}")
+        if unencodable:
+            refused.append(
+                f"{unencodable} cannot be encoded in AMQP (a routing key over 255 bytes, a "
+                "header value of no AMQP type...)"
+            )
+        if refused:
             raise ChannelError(
-                f"{oversized} of {len(messages)} message(s) to exchange {exchange.name!r} "
-                f"exceed max_message_bytes={self.options.max_message_bytes} and were not "
-                "published; the others were"
+                f"{oversized + unencodable} of {len(messages)} message(s) to exchange "
+                f"{exchange.name!r} were not published ({'; '.join(refused)}); the others were"
             )
 
     def close(self) -> None:
@@ -135,137 +134,88 @@ class Publisher:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> int:
-        channel = self._channel
-        if channel is None or not channel.is_open:
-            channel = self._ready_channel()
+    def _publish(
+        self, exchange: Exchange, messages: Sequence[OutgoingMessage]
+    ) -> tuple[int, int, int]:
+        """Send the batch; returns how many were oversized, unencodable and nacked."""
+        connection = self._ready()
+        name = exchange.name
         if exchange not in self._declared:
-            self._declare(channel, exchange)
-        raw = self._raw
-        if raw is None or not raw.is_open:
-            sent, oversized = self._publish_through_pika(channel, exchange.name, messages)
-        else:
-            sent, oversized = self._publish_raw(channel, raw, exchange.name, messages)
-        self.stats.oversized += oversized
-        if sent:
-            if self._confirms is not None:
-                self._confirms.expect(sent)
-                self._wait_for_confirms(channel, self._confirms)
-            else:
-                channel._flush_output()
-            self.stats.published += sent
-            self.stats.batches += 1
-        return oversized
-
-    def _publish_raw(
-        self,
-        channel: BlockingChannel,
-        raw: RawOutput,
-        name: str,
-        messages: Sequence[OutgoingMessage],
-    ) -> tuple[int, int]:
-        """Encode the batch here and queue it as one write (see :mod:`evcore_amqp.frames`);
-        a message the encoder leaves to pika goes through ``basic_publish``, in order."""
+            if name:  # the default exchange "" cannot be declared
+                connection.declare(exchange)
+            self._declared.add(exchange)
+        encoder = connection.encoder
+        assert encoder is not None
+        encode = encoder.encode
         limit = self.options.max_message_bytes
-        encode = raw.encoder.encode
         frames: list[bytes] = []
-        sent = oversized = 0
+        sent = oversized = unencodable = 0
         for message in messages:
             if len(message.body) > limit:
                 oversized += 1
                 continue
             if not encode(name, message, frames):
-                if frames:
-                    raw.write(frames)
-                    frames = []
-                channel._impl.basic_publish(
-                    name, message.routing_key, message.body, self._properties_of(message)
-                )
+                try:
+                    frames += self._encode_with_pamqp(connection, name, message)
+                except (ValueError, TypeError, OverflowError, struct.error):
+                    unencodable += 1
+                    continue
             sent += 1
-        if frames:
-            raw.write(frames)
-        return sent, oversized
+        self.stats.oversized += oversized
+        self.stats.unencodable += unencodable
+        nacked = 0
+        if sent:
+            confirms = self._confirms
+            if confirms is not None:
+                confirms.expect(sent)
+            connection.publish_frames(frames, f"publishing to exchange {name!r}")
+            if confirms is not None:
+                nacked = self._wait_for_confirms(connection, confirms)
+            self.stats.published += sent
+            self.stats.batches += 1
+        return oversized, unencodable, nacked
 
-    def _publish_through_pika(
-        self, channel: BlockingChannel, name: str, messages: Sequence[OutgoingMessage]
-    ) -> tuple[int, int]:
-        limit = self.options.max_message_bytes
-        send = channel._impl.basic_publish
-        properties_of = self._properties_of
-        sent = oversized = 0
-        for message in messages:
-            body = message.body
-            if len(body) > limit:
-                oversized += 1
-                continue
-            send(name, message.routing_key, body, properties_of(message))
-            sent += 1
-        return sent, oversized
-
-    def _ready_channel(self) -> BlockingChannel:
+    def _ready(self) -> PublishConnection:
         connection = self._connection
         if connection is None or not connection.is_open:
-            # Nothing services an idle publishing connection between publishes, so it
-            # negotiates no heartbeat: the broker would otherwise close it when idle.
-            connection = open_connection(
-                self.options,
-                self.connection_name,
-                heartbeat=0,
-                blocked_connection_timeout=self.options.blocked_connection_timeout,
-            )
-            self._connection, self._channel = connection, None
-            self.stats.connections += 1
-        channel = self._channel
-        if channel is None or not channel.is_open:
-            channel = connection.channel()
-            self._raw = raw_output(channel)
-            self._confirms = None
-            if self.options.confirm_publish:
-                self._confirms = self._enable_confirms(channel)
-            self._channel = channel
+            connection = PublishConnection(self.options, self.connection_name)
+            connection.open()
+            self._connection = connection
             self._declared.clear()
-        return channel
+            self.stats.connections += 1
+        if not connection.channel:
+            self._declared.clear()
+            self._confirms = None
+            connection.open_channel()
+            if self.options.confirm_publish:
+                confirms = _Confirms()
+                connection.on_confirm = confirms.on_confirm
+                connection.select_confirms()
+                self._confirms = confirms
+        return connection
 
-    def _enable_confirms(self, channel: BlockingChannel) -> _Confirms:
-        confirms = _Confirms()
-        selected: list[bool] = []
-        channel._impl.confirm_delivery(
-            ack_nack_callback=confirms.on_confirm,
-            callback=lambda _frame: selected.append(True),
-        )
-        channel._flush_output(lambda: bool(selected))
-        return confirms
-
-    def _wait_for_confirms(self, channel: BlockingChannel, confirms: _Confirms) -> None:
+    def _wait_for_confirms(self, connection: PublishConnection, confirms: _Confirms) -> int:
+        """Wait for the batch's confirms; how many were nacks."""
         timeout = self.options.confirm_timeout
-        deadline = time.monotonic() + timeout
-        connection = channel.connection
-        wake = connection.call_later(timeout, _nothing)  # ends the wait at the deadline
-        try:
-            channel._flush_output(lambda: not confirms.pending or time.monotonic() >= deadline)
-        finally:
-            connection.remove_timeout(wake)
-        if confirms.pending:
+        if not connection.wait(lambda: not confirms.pending, timeout):
             missing = len(confirms.pending)
             self._drop_connection()
             raise ConnectionLost(
                 f"the broker confirmed none of the last {missing} message(s) within "
                 f"{timeout} s; they may not have been published"
             )
-        if confirms.nacked:
-            nacked, confirms.nacked = confirms.nacked, 0
-            self.stats.nacked += nacked
-            raise ChannelError(f"the broker refused (nacked) {nacked} published message(s)")
+        nacked, confirms.nacked = confirms.nacked, 0
+        self.stats.nacked += nacked
+        return nacked
 
-    def _declare(self, channel: BlockingChannel, exchange: Exchange) -> None:
-        if exchange.name:  # the default exchange "" cannot be declared
-            channel.exchange_declare(
-                exchange.name,
-                exchange.type,
-                durable=exchange.durable,
-                auto_delete=exchange.auto_delete,
-            )
-        self._declared.add(exchange)
+    def _encode_with_pamqp(
+        self, connection: PublishConnection, name: str, message: OutgoingMessage
+    ) -> list[bytes]:
+        commands = self._commands
+        method = commands.Basic.Publish(exchange=name, routing_key=message.routing_key)
+        frames = [connection.encode_method(method)]
+        frames += connection.encode_content(self._properties_of(message), message.body)
+        return frames
 
     def _properties_of(self, message: OutgoingMessage) -> Any:
         headers = message.headers
@@ -282,54 +232,30 @@ class Publisher:
         except KeyError:
             pass
         except TypeError:  # a header value that cannot be hashed: build it every time
-            return self._build_properties(message)
+            return _properties(message, self._commands)
         if len(cache) >= _PROPERTIES_CACHE_SIZE:
             cache.clear()
-        properties = cache[key] = self._build_properties(message)
+        properties = cache[key] = _properties(message, self._commands)
         return properties
 
-    def _build_properties(self, message: OutgoingMessage) -> Any:
-        return self._basic_properties(
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            delivery_mode=message.delivery_mode,
-            priority=message.priority,
-            headers=dict(message.headers),
-        )
-
-    def _recover(self, exc: BaseException) -> None:
-        """After a failure, keep the connection if only the channel went away."""
-        only_channel, refused = channel_level(exc)
-        if refused:
-            self.stats.channel_errors += 1
-        connection = self._connection
-        if only_channel and connection is not None and connection.is_open:
-            self._drop_channel()
-        else:
-            self._drop_connection()
-
-    def _drop_channel(self) -> None:
-        channel, self._channel, self._confirms = self._channel, None, None
-        self._raw = None
+    def _forget_channel(self) -> None:
+        """After a refusal the broker closed the channel: the next publish opens one."""
         self._declared.clear()
-        if channel is not None and channel.is_open:
-            try:
-                channel.close()
-            except Exception as exc:
-                if translate(exc) is None:
-                    raise
+        self._confirms = None
 
     def _drop_connection(self) -> None:
         connection, self._connection = self._connection, None
-        self._channel, self._confirms, self._raw = None, None, None
+        self._confirms = None
         self._declared.clear()
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except Exception as exc:
-                if translate(exc) is None:
-                    raise
+        if connection is not None:
+            connection.close()
 
 
-def _nothing() -> None:
-    """A timer callback whose only job is to wake the I/O loop."""
+def _properties(message: OutgoingMessage, commands: Any) -> Any:
+    return commands.Basic.Properties(
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        delivery_mode=message.delivery_mode,
+        priority=message.priority,
+        headers=dict(message.headers) or None,
+    )

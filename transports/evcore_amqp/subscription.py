@@ -46,6 +46,7 @@ class AMQPSubscription:
         on_close: Callable[[AMQPSubscription], None] | None = None,
         *,
         stale_queue: bool = False,
+        fast_path: bool = False,
     ) -> None:
         self.exchange = exchange
         self.binding_key = binding_key
@@ -62,6 +63,7 @@ class AMQPSubscription:
         self._teardown_lock = threading.Lock()
         self._closed = False
         self._lost: str | None = None
+        self._fast_path = fast_path
         arguments = queue_arguments(queue)
         connection = open_connection(options, self.connection_name, heartbeat=options.heartbeat)
         self._connection: BlockingConnection = connection
@@ -113,9 +115,10 @@ class AMQPSubscription:
             if options.prefetch_count:
                 channel.basic_qos(prefetch_count=options.prefetch_count)
             channel.add_on_cancel_callback(self._on_cancelled)
-            # Deliveries are read ahead of pika's frame handling where possible (see
+            # On the fast path deliveries are read ahead of pika's frame handling (see
             # evcore_amqp.delivery); otherwise pika calls _on_message.
-            self._reader = install(self._connection, channel, self._on_delivery)
+            if self._fast_path:
+                self._reader = install(self._connection, channel, self._on_delivery)
             channel.basic_consume(queue.name, self._on_message, auto_ack=True)
         return channel
 

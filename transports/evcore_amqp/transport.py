@@ -1,4 +1,5 @@
-"""``AMQPTransport``: evcore's Transport over RabbitMQ (AMQP 0-9-1) with pika."""
+"""``AMQPTransport``: evcore's Transport over RabbitMQ (AMQP 0-9-1): publishing on a
+connection of its own (pamqp's codec), consuming with pika."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from evcore.transport import (
     QueueOptions,
 )
 from evcore_amqp.connection import describe, load_pika
+from evcore_amqp.fastpath import fast_path_enabled
 from evcore_amqp.options import AMQPOptions, parse_url
 from evcore_amqp.publisher import Publisher, PublishStats
 from evcore_amqp.subscription import AMQPSubscription
@@ -35,7 +37,7 @@ _CAPABILITIES = Capabilities(
 
 
 class AMQPTransport:
-    """RabbitMQ through pika, wire-compatible with Celery's py-amqp transport.
+    """RabbitMQ, wire-compatible with Celery's py-amqp transport.
 
     Publishing uses one connection, opened on the first publish; every subscription gets
     a connection of its own, so a Dispatcher and any number of Receivers can share one
@@ -52,6 +54,9 @@ class AMQPTransport:
     def __init__(self, options: AMQPOptions) -> None:
         load_pika()
         self.options = options
+        #: Whether subscriptions take the fast path: ``fast_path=true`` was given and the
+        #: installed pika is one it was tested against (see ``evcore_amqp.fastpath``).
+        self.fast_path = fast_path_enabled(options.fast_path)
         self._publisher = Publisher(options)
         self._subscriptions: set[AMQPSubscription] = set()
         #: Queues whose subscription lost its connection: the broker may still hold them.
@@ -100,7 +105,13 @@ class AMQPTransport:
                 raise ConnectionLost("the AMQP transport is closed")
             stale = queue.name in self._stale_queues
         subscription = AMQPSubscription(
-            self.options, exchange, binding_key, queue, self._forget, stale_queue=stale
+            self.options,
+            exchange,
+            binding_key,
+            queue,
+            self._forget,
+            stale_queue=stale,
+            fast_path=self.fast_path,
         )
         with self._lock:
             self._stale_queues.discard(queue.name)
