@@ -123,6 +123,8 @@ class Session:
     def __init__(self) -> None:
         self.client: Any = None
         self.lost: str | None = None
+        #: The last error nats-py reported (why connecting failed, say).
+        self.last_error = ""
         #: Permission refusals the server reported since they were last taken.
         self.refusals: list[str] = []
         self._watchers: dict[object, Callable[[str], None]] = {}
@@ -235,7 +237,8 @@ class Link:
         settings = self.settings
 
         async def on_error(exc: Exception) -> None:
-            text = str(exc)
+            text = str(exc) or type(exc).__name__
+            session.last_error = text
             if "permissions violation" in text.lower():
                 with session._lock:
                     session.refusals.append(text)
@@ -248,6 +251,10 @@ class Link:
             "servers": [settings.server_url],
             "name": settings.name or f"evcore-{self.role}",
             "allow_reconnect": False,
+            # One attempt per connect() call: nats-py retries the pool until it has tried a
+            # server more than max_reconnect_attempts times (0 would mean forever).
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0,
             "connect_timeout": settings.connect_timeout,
             "ping_interval": settings.ping_interval,
             "max_outstanding_pings": settings.max_outstanding_pings,
@@ -262,9 +269,13 @@ class Link:
         client = self.nats.NATS()
         try:
             await client.connect(**options)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 await client.close()
+            if isinstance(exc, self.nats.errors.NoServersError) and session.last_error:
+                raise ConnectionLost(
+                    f"cannot connect to NATS at {settings.address}: {session.last_error}"
+                ) from exc
             raise
         session.client = client
 

@@ -7,10 +7,10 @@ and ``jetstream://...`` (same options, plus the stream's) for JetStream.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from evcore.errors import InvalidURL

@@ -1,0 +1,72 @@
+"""Private nats-server processes for the NATS fault tests, on free ports of their own."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from _net import free_port, wait_for
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class PrivateNats:
+    """A nats-server of the test's own, to stop (or kill) and start again on the same port.
+
+    With ``store_dir`` it runs JetStream with its file store there, so a restart keeps the
+    streams.
+    """
+
+    def __init__(self, store_dir: Path | None = None) -> None:
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.store_dir = store_dir
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("nats-server")
+        if binary is None:
+            raise RuntimeError("nats-server is not on PATH (apt-get install nats-server)")
+        command = [binary, "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.store_dir is not None:
+            command += ["-js", "-sd", str(self.store_dir)]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if not wait_for(lambda: _listening(self.port), timeout=10):
+            self.stop()
+            raise RuntimeError(f"nats-server on port {self.port} did not come up")
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server: SIGTERM (a clean shutdown), or SIGKILL with ``kill``."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextmanager
+def private_nats(store_dir: Path | None = None) -> Iterator[PrivateNats]:
+    """A private nats-server for the ``with`` block, killed at its end whatever happens."""
+    server = PrivateNats(store_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)
