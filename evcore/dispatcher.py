@@ -21,7 +21,7 @@ from evcore.event import group_from, multi_routing_key, routing_key_for
 from evcore.nodename import anon_nodename, utcoffset
 from evcore.registry import connect
 from evcore.routing import events_disabled_because, rule_for
-from evcore.transport import Exchange, OutgoingMessage, Transport
+from evcore.transport import EVERY_PARTITION, Exchange, OutgoingMessage, Transport, partition_for
 from evcore.writer import BackgroundWriter, Item
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ RESERVED_FIELDS = frozenset({"hostname", "clock", "pid"})
 
 #: Message headers carrying the sender's boot id and the sequence number of the first event
 #: in the message. Celery ignores them; evcore's Receiver uses them to count lost events.
+#: On a durable transport each partition has a sequence of its own: the boot header is then
+#: ``<boot id>/<partition>`` (``/-1`` for the copies appended to every partition).
 BOOT_HEADER = "evcore-boot"
 SEQ_HEADER = "evcore-seq"
 
@@ -112,7 +114,12 @@ class Dispatcher:
         self.headers = {"hostname": self.hostname}
         #: Identifies this dispatcher's sequence of events (see ``SEQ_HEADER``).
         self.boot_id = uuid.uuid4().hex
-        self._next_seq = 1
+        #: Next sequence number per lane: one lane (``None``) on pub/sub transports, one
+        #: per partition (and one for ``EVERY_PARTITION``) on a durable transport.
+        self._next_seq: dict[int | None, int] = {}
+        capabilities = self.transport.capabilities
+        #: Partitions of a durable transport's streams (0: not durable, no partitioning).
+        self.partitions = capabilities.partitions if capabilities.durable else 0
         self.on_enabled: set[Callable[[], None]] = set()
         self.on_disabled: set[Callable[[], None]] = set()
         self.stats = DispatcherStats()
@@ -129,7 +136,7 @@ class Dispatcher:
         #: Guards the transport, the offline buffer and the counters. Taken after ``mutex``
         #: when both are held; the background writer takes only this one.
         self._publish_lock = threading.RLock()
-        self._group_buffer: dict[str, list[bytes]] = {}
+        self._group_buffer: dict[tuple[str, int | None], list[bytes]] = {}
         self._routes: dict[str, tuple[str, str]] = {}
         self._closed = False
         self.enabled = False
@@ -190,14 +197,24 @@ class Dispatcher:
         group, routing_key = self._routes.get(type) or self._route(type)
         if self.groups and group not in self.groups:
             return None
+        lane = self._lane(fields) if self.partitions else None
         if group in self.buffer_group:
-            return self._send_batched(group, type, fields, utcoffset)
+            return self._send_batched(group, type, fields, utcoffset, lane)
         with self.mutex:
             if self._closed:
                 return None
             event = self._build(type, fields, blind, utcoffset)
-            self._submit(routing_key, codec.dumps(event), 1, retry, retry_policy)
+            self._submit(routing_key, codec.dumps(event), 1, retry, retry_policy, lane)
         return event
+
+    def _lane(self, fields: Mapping[str, Any]) -> int:
+        """The partition of an event on a durable transport: its task's, by uuid, so all
+        events of a task stay in order in one partition; every partition for events
+        without a uuid (worker events), since every monitor needs them."""
+        task_id = fields.get("uuid")
+        if task_id.__class__ is str:
+            return partition_for(task_id, self.partitions)
+        return EVERY_PARTITION
 
     def _route(self, type: str) -> tuple[str, str]:
         """The group and routing key of an event type (remembered for the next send)."""
@@ -207,16 +224,21 @@ class Dispatcher:
         return route
 
     def _send_batched(
-        self, group: str, type: str, fields: dict[str, Any], offset: Callable[[], float]
+        self,
+        group: str,
+        type: str,
+        fields: dict[str, Any],
+        offset: Callable[[], float],
+        lane: int | None,
     ) -> dict[str, Any] | None:
         with self.mutex:
             if self._closed:
                 return None
             event = self._build(type, fields, False, offset)
-            pending = self._group_buffer.setdefault(group, [])
+            pending = self._group_buffer.setdefault((group, lane), [])
             pending.append(codec.dumps(event))
             if len(pending) >= self.buffer_limit:
-                self._flush_group(group, pending)
+                self._flush_group(group, lane, pending)
                 return event
         if self.on_send_buffered is not None:
             self.on_send_buffered()
@@ -238,9 +260,11 @@ class Dispatcher:
         """
         if self.disabled_reason:
             return None
+        lane = self._lane(fields) if self.partitions else None
         with self.mutex:
             event = self._build(type, dict(fields), blind, utcoffset)
-            self._submit(routing_key_for(type), codec.dumps(event), 1, retry, retry_policy)
+            body = codec.dumps(event)
+            self._submit(routing_key_for(type), body, 1, retry, retry_policy, lane)
         return event
 
     def _build(
@@ -269,12 +293,15 @@ class Dispatcher:
         events: int,
         retry: bool = False,
         retry_policy: Mapping[str, float] | None = None,
+        lane: int | None = None,
     ) -> None:
-        seq = self._next_seq
-        self._next_seq += events
-        headers = {**self.headers, BOOT_HEADER: self.boot_id, SEQ_HEADER: seq}
+        next_seq = self._next_seq
+        seq = next_seq.get(lane, 1)
+        next_seq[lane] = seq + events
+        boot = self.boot_id if lane is None else f"{self.boot_id}/{lane}"
+        headers = {**self.headers, BOOT_HEADER: boot, SEQ_HEADER: seq}
         message = OutgoingMessage(
-            routing_key, body, headers, self.content_type, "utf-8", self.delivery_mode
+            routing_key, body, headers, self.content_type, "utf-8", self.delivery_mode, 0, lane
         )
         if self._writer is not None:
             self._writer.submit((message, events))
@@ -372,15 +399,15 @@ class Dispatcher:
                     self._drain_offline()
 
     def _flush_groups(self) -> None:
-        for group, bodies in self._group_buffer.items():
+        for (group, lane), bodies in self._group_buffer.items():
             if bodies:
-                self._flush_group(group, bodies)
+                self._flush_group(group, lane, bodies)
 
-    def _flush_group(self, group: str, bodies: list[bytes]) -> None:
+    def _flush_group(self, group: str, lane: int | None, bodies: list[bytes]) -> None:
         body = b"[" + b",".join(bodies) + b"]"
         count = len(bodies)
         bodies.clear()
-        self._submit(multi_routing_key(group), body, count)
+        self._submit(multi_routing_key(group), body, count, lane=lane)
 
     def extend_buffer(self, other: Dispatcher) -> None:
         """Take over another dispatcher's offline buffer (used when reconnecting)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 import threading
@@ -12,7 +13,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from evcore import codec
 from evcore._connect import resolve_transport
@@ -21,7 +22,16 @@ from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, events_disabled_because, rule_for
-from evcore.transport import Exchange, IncomingMessage, QueueOptions, Subscription, Transport
+from evcore.transport import (
+    DurableTransport,
+    Exchange,
+    IncomingMessage,
+    QueueOptions,
+    StreamOptions,
+    StreamSubscription,
+    Subscription,
+    Transport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +67,12 @@ class ReceiverStats:
     #: Events known to be lost in transit, by sender hostname (from evcore's sequence
     #: headers; Celery's own senders carry none, so their losses cannot be seen).
     lost_events: Counter[str] = field(default_factory=Counter)
-    #: Messages received twice (a resend after a failed publish) and dropped.
+    #: Messages received twice (a resend after a failed publish, a copy appended to
+    #: every partition, a re-read after a takeover) and dropped.
     duplicates: int = 0
+    #: Durable transports: messages retention removed before they were read (the events
+    #: themselves are counted in ``lost_events`` through the sequence headers).
+    trimmed: int = 0
 
 
 def adjust_timestamp(timestamp: float, offset: float) -> float:
@@ -101,10 +115,18 @@ class Receiver:
         raise_handler_errors: bool = False,
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
         on_loss: LossHandler | None = None,
+        stream: StreamOptions | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
         self.transport, self._owns_transport = resolve_transport(transport_or_url)
+        if stream is not None and not self.transport.capabilities.durable:
+            if self._owns_transport:
+                self.transport.close()
+            raise ConfigurationError(
+                f"stream options need a durable transport; {self.transport.driver_type!r} "
+                "keeps no messages"
+            )
         reason = events_disabled_because(self.transport)
         if reason:
             if self._owns_transport:
@@ -136,7 +158,19 @@ class Receiver:
         #: Set to True (from a handler or another thread) to end ``capture()``.
         self.should_stop = False
         self._filter_routing = not self.transport.capabilities.exact_routing and routing_key != "#"
-        self._subscription: Subscription | None = None
+        self._subscription: Subscription | StreamSubscription | None = None
+        #: On a durable transport, how this receiver reads the streams (None: pub/sub).
+        self.stream = (
+            self._wrap_stream(stream or StreamOptions())
+            if self.transport.capabilities.durable
+            else None
+        )
+        #: Position of the last message applied whole, per partition (durable only).
+        self._applied: dict[int, IncomingMessage] = {}
+        #: Messages read but whose events are not all handled: (events queued up to and
+        #: including it, message), in order.
+        self._marks: deque[tuple[int, IncomingMessage]] = deque()
+        self._queued = 0
         self._pending: deque[dict[str, Any]] = deque()
         self._expected_seq: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -148,13 +182,74 @@ class Receiver:
 
     # -- subscription ---------------------------------------------------------------------
 
-    def _subscribe(self) -> Subscription:
+    def _subscribe(self) -> Subscription | StreamSubscription:
         with self._lock:
             if self._subscription is None:
-                self._subscription = self.transport.subscribe(
-                    self.exchange, self.routing_key, self.queue
-                )
+                if self.stream is not None:
+                    durable: DurableTransport = self.transport  # type: ignore[assignment]
+                    self._subscription = durable.subscribe_stream(
+                        self.exchange, self.routing_key, self.stream
+                    )
+                else:
+                    self._subscription = self.transport.subscribe(
+                        self.exchange, self.routing_key, self.queue
+                    )
             return self._subscription
+
+    # -- durable streams ------------------------------------------------------------------
+
+    def _wrap_stream(self, options: StreamOptions) -> StreamOptions:
+        """Hook the receiver into assignment changes: a partition taken on or given up
+        starts fresh sequence lanes, so events re-read from a checkpoint are not taken
+        for duplicates."""
+        on_assigned, on_revoked = options.on_assigned, options.on_revoked
+
+        def assigned(partitions: frozenset[int]) -> Mapping[int, str] | None:
+            self._forget_lanes(partitions)
+            return on_assigned(partitions) if on_assigned is not None else None
+
+        def revoked(partitions: frozenset[int]) -> None:
+            self._forget_lanes(partitions)
+            for partition in partitions:
+                self._applied.pop(partition, None)
+            if on_revoked is not None:
+                on_revoked(partitions)
+
+        return dataclasses.replace(options, on_assigned=assigned, on_revoked=revoked)
+
+    def _forget_lanes(self, partitions: frozenset[int]) -> None:
+        suffixes = tuple(f"/{partition}" for partition in partitions)
+        for boot in [boot for boot in self._expected_seq if boot.endswith(suffixes)]:
+            del self._expected_seq[boot]
+
+    def _settle(self) -> list[IncomingMessage]:
+        """Move messages whose events are all handled to the applied positions; return the
+        newest of each partition among them (what to acknowledge)."""
+        handled = self._queued - len(self._pending)
+        marks = self._marks
+        newest: dict[int, IncomingMessage] = {}
+        while marks and marks[0][0] <= handled:
+            message = marks.popleft()[1]
+            newest[message.partition] = message  # type: ignore[index]
+        self._applied.update(newest)
+        return list(newest.values())
+
+    def positions(self) -> dict[int, str]:
+        """Per partition, the position of the last message whose events are all handled:
+        where a restart resumes (after it) for State to be exact. Durable transports only."""
+        self._settle()
+        return {
+            partition: message.position
+            for partition, message in self._applied.items()
+            if message.position is not None
+        }
+
+    def assignment(self) -> frozenset[int]:
+        """The partitions this receiver owns now (durable transports; empty otherwise)."""
+        subscription = self._subscription
+        if self.stream is None or subscription is None:
+            return frozenset()
+        return cast(StreamSubscription, subscription).assignment()
 
     def _drop_subscription(self) -> None:
         with self._lock:
@@ -257,6 +352,8 @@ class Receiver:
                 subscription = self._resubscribe(deadline)
                 if subscription is None:
                     return False
+            if self.stream is not None:
+                return self._fill_stream(cast(StreamSubscription, subscription), wait)
             messages = subscription.receive(wait)
         except ConnectionLost as exc:
             if self._closed:
@@ -268,6 +365,25 @@ class Receiver:
         events_of = self._events_of
         for message in messages:
             pending.extend(events_of(message))
+        return True
+
+    def _fill_stream(self, subscription: StreamSubscription, wait: float) -> bool:
+        """``_fill`` on a durable transport: acknowledge what is applied, then read."""
+        done = self._settle()
+        if done:
+            subscription.ack(done)
+        messages = subscription.receive(wait)
+        stats = self.stats
+        stats.trimmed = subscription.trimmed
+        pending = self._pending
+        marks = self._marks
+        events_of = self._events_of
+        for message in messages:
+            events = events_of(message)
+            pending.extend(events)
+            self._queued += len(events)
+            if message.partition is not None:
+                marks.append((self._queued, message))
         return True
 
     def process(self, type: str, event: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ import pytest
 from evcore.errors import ChannelError, ConnectionLost, InvalidURL, TransportError
 from evcore.registry import load_factory, scheme_of
 from evcore.routing import binding_matches, rule_for
+from evcore.testing.durable import DurableConformance
 from evcore.testing.harness import (
     bodies,
     body_seen,
@@ -72,7 +73,7 @@ def _numbered(prefix: str, count: int, routing_key: str = "task.received") -> li
     return [_message(routing_key, f"{prefix}-{i:04d}".encode()) for i in range(count)]
 
 
-class TransportConformance:
+class TransportConformance(DurableConformance):
     """Checks that a transport keeps the contract of :mod:`evcore.transport`.
 
     Set :attr:`transport_url` (or override :meth:`make_transport`); optionally list URLs
