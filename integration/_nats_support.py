@@ -70,3 +70,28 @@ def private_nats(store_dir: Path | None = None) -> Iterator[PrivateNats]:
         yield server
     finally:
         server.stop(kill=True)
+
+
+def delete_streams(url: str, prefix: str) -> list[str]:
+    """Delete every JetStream stream (and groups bucket) whose name starts with ``prefix``
+    on the server at ``url``; the names deleted. Tests give their streams a unique prefix."""
+    import asyncio
+
+    import nats
+
+    async def sweep() -> list[str]:
+        client = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=1)
+        try:
+            jsm = client.jsm()
+            doomed = [
+                info.config.name
+                for info in await jsm.streams_info()
+                if info.config.name.startswith((prefix, f"KV_{prefix}"))
+            ]
+            for name in doomed:
+                await jsm.delete_stream(name)
+            return doomed
+        finally:
+            await client.close()
+
+    return asyncio.run(sweep())

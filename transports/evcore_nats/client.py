@@ -127,6 +127,8 @@ class Session:
         self.last_error = ""
         #: Permission refusals the server reported since they were last taken.
         self.refusals: list[str] = []
+        #: What an adapter keeps per connection (a JetStream context, streams made sure of).
+        self.cache: dict[str, Any] = {}
         self._watchers: dict[object, Callable[[str], None]] = {}
         self._lock = threading.Lock()
 
@@ -210,6 +212,19 @@ class Link:
         if isinstance(error, ConnectionLost) and session is not None:
             self.drop(session, str(error))
         raise error
+
+    def submit(self, make: Callable[[], Coroutine[Any, Any, Any]], doing: str) -> None:
+        """Run ``make()`` on the loop without waiting for it (acknowledgements); a failure
+        is only logged: what it would have done is redone after a reconnect."""
+        loop = self._loop
+        if self._closed or loop is None:
+            return
+
+        def report(future: concurrent.futures.Future[Any]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                logger.debug("NATS %s failed: %s", doing, future.exception())
+
+        loop.submit(make()).add_done_callback(report)
 
     # -- the connection -------------------------------------------------------------------
 

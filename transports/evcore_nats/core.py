@@ -96,34 +96,29 @@ class Publisher:
 
     def prepare(
         self,
-        exchange: str,
         messages: Sequence[OutgoingMessage],
+        subjects: Sequence[str],
         max_payload: int,
-        subject_of: Callable[[OutgoingMessage], str] | None = None,
     ) -> tuple[list[tuple[str, bytes, dict[str, str]]], list[str]]:
-        """The (subject, payload, headers) to send for ``messages``, and why each refused
-        one was refused (counted in :attr:`stats`)."""
+        """The (subject, payload, headers) to send for ``messages`` on ``subjects``, and why
+        each refused one was refused (counted in :attr:`stats`)."""
         ready: list[tuple[str, bytes, dict[str, str]]] = []
         refused: list[str] = []
-        subject_for = self.subject
-        for message in messages:
-            if subject_of is None:
-                subject = subject_for(exchange, message.routing_key)
-            else:
-                subject = subject_of(message)
+        stats = self.stats
+        for message, subject in zip(messages, subjects, strict=True):
             if len(subject) > MAX_SUBJECT_BYTES:
-                self.stats.unsendable += 1
+                stats.unsendable += 1
                 refused.append(f"routing key {message.routing_key[:60]!r}... is too long")
                 continue
             try:
                 headers = nats_headers(message)
             except ValueError as exc:
-                self.stats.unsendable += 1
+                stats.unsendable += 1
                 refused.append(str(exc))
                 continue
             size = len(message.body) + header_bytes(headers)
             if size > max_payload:
-                self.stats.oversized += 1
+                stats.oversized += 1
                 refused.append(f"{size} bytes exceed the server's max_payload of {max_payload}")
                 continue
             ready.append((subject, message.body, headers))
@@ -347,7 +342,9 @@ class NatsTransport:
             return
         session = self._link.session()
         client = session.client
-        ready, refused = self._publisher.prepare(exchange.name, messages, client.max_payload)
+        publisher = self._publisher
+        subjects = [publisher.subject(exchange.name, m.routing_key) for m in messages]
+        ready, refused = publisher.prepare(messages, subjects, client.max_payload)
         if ready:
             wait = self.settings.flush_timeout
             self._link.run(

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from evcore.errors import InvalidURL
 
-__all__ = ["NatsSettings", "parse_settings"]
+__all__ = ["JETSTREAM_OPTIONS", "NatsSettings", "parse_settings"]
 
 DEFAULT_PORT = 4222
 _WORD = re.compile(r"[A-Za-z0-9_-]+")
@@ -69,6 +69,48 @@ def _subject_prefix(name: str, value: Any) -> str:
                 "digits, '-' and '_' (no wildcards, no empty words)"
             )
     return text
+
+
+def _limit_seconds(name: str, value: Any) -> float:
+    """Seconds from 0 (0 meaning no limit)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise InvalidURL(f"option {name}={value!r} must be a number of seconds from 0 (0: none)")
+    return seconds
+
+
+def _stream_prefix(name: str, value: Any) -> str:
+    text = _text(name, value) or ""
+    if not _WORD.fullmatch(text) or len(text) > 32:
+        raise InvalidURL(
+            f"option {name}={value!r}: a stream name prefix is 1 to 32 letters, digits, '-' "
+            "and '_'"
+        )
+    return text
+
+
+def _storage(name: str, value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in {"file", "memory"}:
+        raise InvalidURL(f"option {name}={value!r} must be file or memory")
+    return text
+
+
+#: Options of the JetStream adapter only (see ``docs/transports/nats.md``).
+JETSTREAM_OPTIONS: dict[str, Callable[[str, Any], Any]] = {
+    "partitions": _positive_int,
+    "stream_prefix": _stream_prefix,
+    "max_msgs": _count,
+    "max_bytes": _count,
+    "max_age": _limit_seconds,
+    "storage": _storage,
+    "replicas": _positive_int,
+    "max_ack_pending": _positive_int,
+    "batch": _positive_int,
+}
 
 
 #: Option parsers shared by both adapters; the JetStream adapter adds its own.
