@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import socket
 import threading
 import time
 import uuid
@@ -199,23 +200,33 @@ class Receiver:
     # -- durable streams ------------------------------------------------------------------
 
     def _wrap_stream(self, options: StreamOptions) -> StreamOptions:
-        """Hook the receiver into assignment changes: a partition taken on or given up
-        starts fresh sequence lanes, so events re-read from a checkpoint are not taken
-        for duplicates."""
+        """Hook the receiver into assignment changes. A partition whose events this
+        receiver still holds (a subscription renewed after a lost connection) continues
+        after the last message applied; any other starts fresh sequence lanes, so events
+        re-read from a checkpoint or from history are not taken for duplicates."""
         on_assigned, on_revoked = options.on_assigned, options.on_revoked
 
         def assigned(partitions: frozenset[int]) -> Mapping[int, str] | None:
-            self._forget_lanes(partitions)
-            return on_assigned(partitions) if on_assigned is not None else None
+            self._settle()
+            held = {p: m.position for p, m in self._applied.items() if p in partitions}
+            fresh = partitions.difference(held)
+            self._forget_lanes(fresh)
+            chosen = dict(on_assigned(fresh) or {}) if on_assigned is not None and fresh else {}
+            chosen.update({p: position for p, position in held.items() if position is not None})
+            return chosen
 
         def revoked(partitions: frozenset[int]) -> None:
+            self._settle()
+            if on_revoked is not None:
+                on_revoked(partitions)
             self._forget_lanes(partitions)
             for partition in partitions:
                 self._applied.pop(partition, None)
-            if on_revoked is not None:
-                on_revoked(partitions)
 
-        return dataclasses.replace(options, on_assigned=assigned, on_revoked=revoked)
+        member = options.member
+        if options.group is not None and member is None:
+            member = f"{socket.gethostname()}.{self.node_id}"
+        return dataclasses.replace(options, member=member, on_assigned=assigned, on_revoked=revoked)
 
     def _forget_lanes(self, partitions: frozenset[int]) -> None:
         suffixes = tuple(f"/{partition}" for partition in partitions)
