@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import dispatch, inproc, raw, report
+from benchmarks import dispatch, inproc, nats, raw, report
 from benchmarks.common import ROOT, Row, Settings, log, pika_parameters, settings_for
 
 SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
@@ -23,6 +23,7 @@ SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
     "state": inproc.state_section,
     "memory": inproc.memory_section,
     "raw": raw.raw_section,
+    "nats": nats.nats_section,
 }
 
 

@@ -213,18 +213,22 @@ class Link:
             self.drop(session, str(error))
         raise error
 
-    def submit(self, make: Callable[[], Coroutine[Any, Any, Any]], doing: str) -> None:
+    def submit(
+        self, make: Callable[[], Coroutine[Any, Any, Any]], doing: str
+    ) -> concurrent.futures.Future[Any] | None:
         """Run ``make()`` on the loop without waiting for it (acknowledgements); a failure
         is only logged: what it would have done is redone after a reconnect."""
         loop = self._loop
         if self._closed or loop is None:
-            return
+            return None
 
         def report(future: concurrent.futures.Future[Any]) -> None:
             if not future.cancelled() and future.exception() is not None:
                 logger.debug("NATS %s failed: %s", doing, future.exception())
 
-        loop.submit(make()).add_done_callback(report)
+        future = loop.submit(make())
+        future.add_done_callback(report)
+        return future
 
     # -- the connection -------------------------------------------------------------------
 

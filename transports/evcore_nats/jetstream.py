@@ -96,13 +96,12 @@ _EPHEMERAL_IDLE = 30.0
 _MAX_LINGER = 1.0
 #: How long after its expiry a pull request whose end the server never reported is given up.
 _PULL_GRACE = 2.0
-#: How often (seconds) a reader may ask the server where its stream now starts, to tell a
-#: gap left by retention from the other partitions' messages.
-_GAP_CHECK_INTERVAL = 1.0
 #: A group rebalances this many times per lease (renewing its leases each time).
 _RENEWALS_PER_LEASE = 3
 _CAS_ATTEMPTS = 5
 _STREAM_NAME_IN_USE = 10058
+#: Subjects whose partition and routing key a reader keeps decoded.
+_SUBJECT_CACHE_SIZE = 4096
 _PUBSUB = -1
 
 
@@ -216,11 +215,13 @@ class JetStreamSubscription:
         self._closed = False
         self._lost: str | None = None
         self._trimmed = 0
-        self._next_gap_check = 0.0
+        self._gap_check: Any = None
+        self._subjects: dict[str, tuple[int, str]] = {}
         self._next_rebalance = 0.0
         self._session = session = link.session()
         self._kv: Any = None
-        transport._ensure_stream(session, self._layout)
+        #: Whether the stream has retention limits (else no gap can come from retention).
+        self._limited = transport._ensure_stream(session, self._layout)
         if self._group is not None:
             self._kv = transport._groups_bucket(session, self._layout)
         session.watch(self, self._on_lost)
@@ -234,6 +235,10 @@ class JetStreamSubscription:
     @property
     def trimmed(self) -> int:
         """Gaps retention left before this reader got there (at least one per gap)."""
+        check = self._gap_check
+        if check is not None:
+            with contextlib.suppress(Exception):
+                check.result(self._link.settings.flush_timeout)
         return self._trimmed
 
     def assignment(self) -> frozenset[int]:
@@ -512,6 +517,7 @@ class JetStreamSubscription:
         out: list[IncomingMessage] = []
         readers = self._readers
         layout = self._layout
+        subjects = self._subjects
         for reader, msg in batch:
             if readers.get(reader.partition) is not reader:
                 continue  # a partition given up since: its next owner reads it again
@@ -520,7 +526,13 @@ class JetStreamSubscription:
             if reader.expected is not None and sequence > reader.expected:
                 self._check_gap(reader.expected)
             reader.expected = sequence + 1 if reader.partition != _PUBSUB else None
-            partition, routing_key = layout.partition_and_key(msg.subject)
+            subject = msg.subject
+            known = subjects.get(subject)
+            if known is None:
+                if len(subjects) >= _SUBJECT_CACHE_SIZE:
+                    subjects.clear()
+                known = subjects[subject] = layout.partition_and_key(subject)
+            partition, routing_key = known
             if reader.durable:
                 reader.unacked.append((sequence, reply))
             if not self._everything and not self._routes(routing_key):
@@ -537,23 +549,23 @@ class JetStreamSubscription:
         return binding_matches(self._binding_key, routing_key)
 
     def _check_gap(self, expected: int) -> None:
-        """Count a gap if retention removed messages this reader had not reached (the
-        stream's first sequence is past where it stood); asks at most once a second."""
-        now = time.monotonic()
-        if now < self._next_gap_check:
+        """Count a gap if retention removed messages this reader had not reached: the
+        stream's first sequence is past where it stood. Asked in the background, one
+        question at a time, and only of a stream with retention limits."""
+        if not self._limited:
             return
-        self._next_gap_check = now + _GAP_CHECK_INTERVAL
-        jsm = self._transport._jetstream(self._session)
+        check = self._gap_check
+        if check is not None and not check.done():
+            return
+        js = self._transport._jetstream(self._session)
+        stream = self._layout.stream
 
-        async def first() -> int:
-            info = await jsm.stream_info(self._layout.stream)
-            return int(info.state.first_seq)
-
-        try:
-            if self._run(first, "reading the stream's state") > expected:
+        async def first() -> None:
+            info = await js.stream_info(stream)
+            if int(info.state.first_seq) > expected:
                 self._trimmed += 1
-        except TransportError as exc:
-            logger.debug("could not check a gap in %s: %s", self._layout.stream, exc)
+
+        self._gap_check = self._link.submit(first, "checking for a retention gap")
 
     def _acknowledge(self, replies: list[str]) -> None:
         client = self._session.client
@@ -696,10 +708,11 @@ class JetStreamTransport:
             session.cache["js"] = context
         return context
 
-    def _ensure_stream(self, session: Session, layout: StreamLayout) -> None:
-        made: set[str] = session.cache.setdefault("streams", set())
+    def _ensure_stream(self, session: Session, layout: StreamLayout) -> bool:
+        """Make sure the stream exists; whether it has retention limits."""
+        made: dict[str, bool] = session.cache.setdefault("streams", {})
         if layout.stream in made:
-            return
+            return made[layout.stream]
         nats = load_nats()
         api = nats.js.api
         extra = self.settings.extra
@@ -716,9 +729,9 @@ class JetStreamTransport:
         )
         jsm = self._jetstream(session)
 
-        async def ensure() -> None:
+        async def ensure() -> bool:
             try:
-                await jsm.add_stream(config)
+                info = await jsm.add_stream(config)
             except nats.js.errors.BadRequestError as exc:
                 if exc.err_code != _STREAM_NAME_IN_USE:
                     raise
@@ -729,11 +742,16 @@ class JetStreamTransport:
                         f"JetStream stream {layout.stream!r} exists with subjects "
                         f"{info.config.subjects}, not {config.subjects}"
                     ) from exc
+            kept = info.config
+            return any(
+                (limit or 0) > 0 for limit in (kept.max_msgs, kept.max_bytes, kept.max_age)
+            )
 
-        self._link.run(
+        limited: bool = self._link.run(
             ensure, f"creating stream {layout.stream!r}", self.settings.flush_timeout, session
         )
-        made.add(layout.stream)
+        made[layout.stream] = limited
+        return limited
 
     def _groups_bucket(self, session: Session, layout: StreamLayout) -> Any:
         buckets: dict[str, Any] = session.cache.setdefault("buckets", {})
@@ -813,7 +831,7 @@ class JetStreamTransport:
 
     def _maybe_gone(self, session: Session, layout: StreamLayout, exc: Exception) -> None:
         """Forget a stream that may have been deleted, so the next publish makes it again."""
-        session.cache.get("streams", set()).discard(layout.stream)
+        session.cache.get("streams", {}).pop(layout.stream, None)
         logger.warning("JetStream refused an append to %s: %s", layout.stream, exc)
 
     def subscribe(
@@ -861,7 +879,7 @@ class JetStreamTransport:
                 await js.delete_stream(layout.stream)
 
         self._link.run(delete, f"deleting stream {layout.stream!r}", 10.0, session)
-        session.cache.get("streams", set()).discard(layout.stream)
+        session.cache.get("streams", {}).pop(layout.stream, None)
         session.cache.get("buckets", {}).pop(layout.stream, None)
 
     def close(self) -> None:

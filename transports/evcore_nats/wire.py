@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from evcore.codec import loads
 from evcore.transport import IncomingMessage, OutgoingMessage
 
 __all__ = ["HEADERS", "header_bytes", "incoming", "nats_headers"]
@@ -61,7 +62,7 @@ def incoming(
     raw = headers.get(HEADERS)
     if raw is not None:
         try:
-            own = json.loads(raw)
+            own = loads(raw)
         except ValueError:
             own = None
         if not isinstance(own, dict):
