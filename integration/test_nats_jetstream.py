@@ -174,3 +174,40 @@ def test_hostile_exchange_names_get_streams_of_their_own(stream_url: str) -> Non
         # One copy per partition (the extra ones dropped as duplicates), none from the others.
         assert seen == [name], name
         assert receiver.stats.messages == 4 and receiver.stats.duplicates == 3
+
+
+def test_a_stalled_member_cannot_move_the_groups_position(
+    stream_url: str, exchange_name: str
+) -> None:
+    """A member that stalled past its lease and acknowledges afterwards acknowledges on a
+    consumer its successor replaced: the group's position stays where the owners left it."""
+    from evcore.transport import FANOUT, Exchange, OutgoingMessage
+    from evcore_nats import JetStreamTransport
+
+    transport = JetStreamTransport.from_url(stream_url.replace("partitions=4", "partitions=1"))
+    exchange = Exchange(exchange_name, FANOUT)
+    transport.publish(exchange, [OutgoingMessage("k", b"m%d" % i) for i in range(6)])
+
+    def member(name: str) -> JetStreamSubscription:
+        options = StreamOptions(group="g", member=name, lease=0.5, start=EARLIEST)
+        return transport.subscribe_stream(exchange, "#", options)
+
+    def read(subscription: JetStreamSubscription, count: int) -> list[Any]:
+        got: list[Any] = []
+        wait_for(lambda: bool(got.extend(subscription.receive(0.1))) or len(got) >= count, 10)
+        return got
+
+    try:
+        stalled = member("a")
+        assert len(read(stalled, 6)) == 6
+        successor = member("b")
+        taken_over = read(successor, 6)  # once a's lease has run out
+        assert [m.body for m in taken_over] == [b"m%d" % i for i in range(6)]
+        stalled.ack(taken_over[-1:])  # too late: a no longer owns the partition
+        successor.close()  # without acknowledging anything
+        third = member("c")
+        assert [m.body for m in read(third, 6)] == [b"m%d" % i for i in range(6)]
+        stalled.close()
+        third.close()
+    finally:
+        transport.close()

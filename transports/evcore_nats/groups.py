@@ -3,9 +3,12 @@
 JetStream balances messages between the subscribers of one consumer, not keys; evcore needs
 every event of a task to reach the same State, so a group's members split the *partitions*
 and each partition has one owner at a time. The group's whole ownership record is one KV
-entry (``{"members": {name: expiry}, "leases": {partition: [owner, expiry]}}``, times in
-wall-clock seconds), changed only by compare-and-set on its revision, so two members never
-both win a partition. :func:`plan` is the rule every member applies to it, pure so that it
+entry (``{"members": {name: expiry}, "leases": {partition: [owner, expiry]}, "consumers":
+{partition: consumer}}``, times in wall-clock seconds), changed only by compare-and-set on
+its revision, so two members never both win a partition. ``consumers`` names the durable
+consumer that holds each partition's acknowledged position; every owner reads through a
+consumer of its own, so acknowledgements from a previous owner that merely stalled land on a
+consumer nobody reads any more. :func:`plan` is the rule every member applies to it, pure so that it
 is tested without a server:
 
 - a member renews its own membership and its leases whenever it rebalances (from
@@ -39,6 +42,7 @@ class GroupState:
 
     members: dict[str, float] = field(default_factory=dict)
     leases: dict[int, tuple[str, float]] = field(default_factory=dict)
+    consumers: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def decode(cls, raw: bytes | None) -> GroupState:
@@ -49,13 +53,17 @@ class GroupState:
             data: Any = json.loads(raw)
             members = {str(k): float(v) for k, v in data["members"].items()}
             leases = {int(p): (str(o), float(e)) for p, (o, e) in data["leases"].items()}
+            consumers = {int(p): str(c) for p, c in data.get("consumers", {}).items()}
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls()
-        return cls(members, leases)
+        return cls(members, leases, consumers)
 
     def encode(self) -> bytes:
         leases = {str(p): [owner, expiry] for p, (owner, expiry) in sorted(self.leases.items())}
-        return json.dumps({"members": self.members, "leases": leases}).encode()
+        consumers = {str(p): name for p, name in sorted(self.consumers.items())}
+        return json.dumps(
+            {"members": self.members, "leases": leases, "consumers": consumers}
+        ).encode()
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,14 @@ A reader asks for at most ``batch`` messages per partition at a time, and only f
 ``receive()``, so what it holds is bounded and a reader that falls behind is really behind:
 retention may remove what it has not pulled yet, and it counts the gap in ``trimmed``.
 
-- A group's partition ``p`` has the durable consumer ``<group digest>-p<p>`` with cumulative
-  acknowledgements (``AckPolicy.ALL``); its acknowledged floor is the group's position
-  there. A member that takes the partition (see :mod:`evcore_nats.groups` for who owns what)
-  deletes and re-creates that consumer just after the floor (or where ``on_assigned``
-  says): what the previous owner read but did not acknowledge is read again, in order, at
-  once, and a previous owner that only stalled gets nothing more from a consumer it no
-  longer has.
+- A group's partition is read through a durable consumer with cumulative acknowledgements
+  (``AckPolicy.ALL``); its acknowledged floor is the group's position there. Each owner
+  makes a consumer of its own (``<group digest>-p<partition>-<random>``), starting just
+  after the previous owner's floor (or where ``on_assigned`` says), records it in the
+  group's record and deletes the previous one (see :mod:`evcore_nats.groups` for who owns
+  what). What the previous owner read but did not acknowledge is read again, in order, at
+  once; and a previous owner that only stalled can neither read more nor move the group's
+  position, since its consumer is gone.
 - Readers without a group, and the pub/sub side (``subscribe()``, every partition from now
   on), use ephemeral consumers without acknowledgements, which the server deletes if their
   reader vanishes.
@@ -40,6 +41,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -254,25 +256,54 @@ class JetStreamSubscription:
         chosen: Mapping[int, str] = {}
         if self._options.on_assigned is not None:
             chosen = self._options.on_assigned(partitions) or {}
+        previous: dict[int, str] = {}
+        if self._group is not None:
+            state, _ = self._read_group()
+            previous = {p: state.consumers[p] for p in partitions if p in state.consumers}
         start = self._options.start
         wheres: dict[int, str] = {}
         for partition in sorted(partitions):
             where = chosen.get(partition)
-            if where is None and self._group is not None:
-                where = self._acked_floor(partition)
+            if where is None and partition in previous:
+                where = self._acked_floor(previous[partition])
             if where is None:
                 where = start.get(partition, EARLIEST) if isinstance(start, Mapping) else start
             wheres[partition] = where
         self._start(wheres)
+        if self._group is not None:
+            self._hand_over(previous, {p: self._readers[p].consumer for p in wheres})
 
-    def _acked_floor(self, partition: int) -> str | None:
-        """The position the group acknowledged last in ``partition``, if any."""
+    def _hand_over(self, previous: Mapping[int, str], started: Mapping[int, str]) -> None:
+        """Record the new consumers as the group's, then delete the previous owners'."""
+        member = self.member
+
+        def record(state: GroupState) -> None:
+            for partition, name in started.items():
+                if state.leases.get(partition, ("",))[0] == member:
+                    state.consumers[partition] = name
+
+        self._change_group(record)
         nats = load_nats()
-        jsm = self._transport._jetstream(self._session)
+        js = self._transport._jetstream(self._session)
+        stream = self._layout.stream
+        stale = [name for p, name in previous.items() if started.get(p) != name]
+
+        async def delete() -> None:
+            for name in stale:
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await js.delete_consumer(stream, name)
+
+        if stale:
+            self._run(delete, "deleting the previous owners' consumers")
+
+    def _acked_floor(self, consumer: str) -> str | None:
+        """The position a group's consumer acknowledged last, if any."""
+        nats = load_nats()
+        js = self._transport._jetstream(self._session)
 
         async def floor() -> str | None:
             try:
-                info = await jsm.consumer_info(self._layout.stream, self._consumer(partition))
+                info = await js.consumer_info(self._layout.stream, consumer)
             except nats.js.errors.NotFoundError:
                 return None
             acked = info.ack_floor
@@ -280,11 +311,12 @@ class JetStreamSubscription:
                 return None
             return str(acked.stream_seq)
 
-        result: str | None = self._run(floor, f"reading the group's position in {partition}")
+        result: str | None = self._run(floor, f"reading the position of {consumer}")
         return result
 
     def _consumer(self, partition: int) -> str:
-        return f"{self._key}-p{partition}"
+        """A new durable consumer name for ``partition``: one per owner."""
+        return f"{self._key}-p{partition}-{uuid.uuid4().hex[:12]}"
 
     def _start(self, wheres: Mapping[int, str]) -> None:
         readers: list[tuple[_Reader, dict[str, Any]]] = []
@@ -327,8 +359,6 @@ class JetStreamSubscription:
             )
             if reader.durable:
                 durable: str | None = self._consumer(reader.partition)
-                with contextlib.suppress(nats.js.errors.NotFoundError):
-                    await jsm.delete_consumer(self._layout.stream, durable)
                 acks: dict[str, Any] = {
                     "ack_policy": api.AckPolicy.ALL,
                     "ack_wait": _ACK_WAIT,
