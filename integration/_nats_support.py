@@ -31,14 +31,25 @@ class PrivateNats:
     def __init__(self, store_dir: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
+        #: The server's HTTP monitoring port (``/connz`` lists its client connections).
+        self.monitoring_port = free_port()
         self.store_dir = store_dir
         self._process: subprocess.Popen[bytes] | None = None
+
+    def connections(self) -> int:
+        """How many client connections the server has now."""
+        import json
+        from urllib.request import urlopen
+
+        with urlopen(f"http://127.0.0.1:{self.monitoring_port}/connz", timeout=5) as answer:
+            return int(json.load(answer)["num_connections"])
 
     def start(self) -> None:
         binary = shutil.which("nats-server")
         if binary is None:
             raise RuntimeError("nats-server is not on PATH (apt-get install nats-server)")
         command = [binary, "-a", "127.0.0.1", "-p", str(self.port)]
+        command += ["-m", str(self.monitoring_port)]
         if self.store_dir is not None:
             command += ["-js", "-sd", str(self.store_dir)]
         self._process = subprocess.Popen(

@@ -71,7 +71,7 @@ from evcore.transport import (
     StreamOptions,
 )
 from evcore_nats.client import Link, Session, load_nats
-from evcore_nats.core import MAX_DRAIN, Publisher, refusal
+from evcore_nats.core import MAX_DRAIN, NatsStats, Publisher, refusal
 from evcore_nats.groups import GroupState, group_key, plan, release
 from evcore_nats.settings import JETSTREAM_OPTIONS, NatsSettings, parse_settings
 from evcore_nats.subjects import escape_token, publish_subject, unescape_token
@@ -649,14 +649,18 @@ class JetStreamSubscription:
         session = self._session
         session.unwatch(self)
         owned = self.assignment()
+        readers, self._readers = list(self._readers.values()), {}
+        if session.lost is not None or self._link.closed:
+            # A dead connection: the partitions stay this member's until their leases run
+            # out, so a Receiver that subscribes again continues them where it was.
+            self._transport._forget(self)
+            return
         if owned and self._group is not None and self._options.on_revoked is not None:
             self._options.on_revoked(owned)
-        readers, self._readers = list(self._readers.values()), {}
-        if session.lost is None and not self._link.closed:
-            with contextlib.suppress(TransportError):
-                self._run(lambda: self._stop(readers), "stopping consumers")
-                if self._group is not None:
-                    self._change_group(lambda state: release(state, self.member))
+        with contextlib.suppress(TransportError):
+            self._run(lambda: self._stop(readers), "stopping consumers")
+            if self._group is not None:
+                self._change_group(lambda state: release(state, self.member))
         self._transport._forget(self)
 
     def __repr__(self) -> str:
@@ -716,7 +720,7 @@ class JetStreamTransport:
         return cls(settings)
 
     @property
-    def stats(self) -> Any:
+    def stats(self) -> NatsStats:
         """Counters of the publishing side (published, oversized, unsendable)."""
         return self._publisher.stats
 
