@@ -9,8 +9,8 @@ Retention is the stream's: ``max_msgs``, ``max_bytes`` and ``max_age`` (for the 
 all partitions together), discarding the oldest.
 
 Publishing waits for JetStream's acknowledgement of every message of the batch (sent
-pipelined, acknowledgements awaited together): once ``publish()`` returns, the messages are
-in the stream's store.
+pipelined, the acknowledgements collected on one reply subscription per connection): once
+``publish()`` returns, the messages are in the stream's store.
 
 Reading. Every owned partition is read through a pull consumer filtered to that partition.
 A reader asks for at most ``batch`` messages per partition at a time, and only from inside
@@ -668,13 +668,53 @@ class JetStreamSubscription:
         return f"<JetStreamSubscription {self._layout.stream} {who} {sorted(self._readers)}>"
 
 
-async def _publish(js: Any, ready: list[tuple[str, bytes, dict[str, str]]], wait: float) -> None:
-    """Send the batch pipelined, then wait for every acknowledgement."""
-    futures = [await js.publish_async(s, body, headers=headers) for s, body, headers in ready]
-    outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), wait)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+class _Appender:
+    """Appends batches to JetStream on one connection, pipelined: every message of a batch
+    is published with a reply subject ``<inbox>.<batch>.<index>`` and the batch completes
+    when JetStream has acknowledged each of them (one subscription per connection collects
+    the acknowledgements)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.inbox: str = client.new_inbox()
+        self._batches: dict[str, tuple[list[int], asyncio.Future[None]]] = {}
+        self._numbers = itertools.count(1)
+        self._subscription: Any = None
+
+    async def append(self, ready: list[tuple[str, bytes, dict[str, str]]], wait: float) -> None:
+        """Publish ``ready`` and return once every message is stored; ChannelError for an
+        append JetStream refused, ConnectionLost when no stream takes the subject."""
+        if self._subscription is None:
+            self._subscription = await self.client.subscribe(
+                f"{self.inbox}.*.*", cb=self._on_ack, pending_msgs_limit=0, pending_bytes_limit=0
+            )
+        number = str(next(self._numbers))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batches[number] = ([len(ready)], done)
+        publish, reply = self.client.publish, f"{self.inbox}.{number}."
+        try:
+            for index, (subject, body, headers) in enumerate(ready):
+                await publish(subject, body, reply=f"{reply}{index}", headers=headers)
+            await asyncio.wait_for(done, wait)
+        finally:
+            del self._batches[number]
+
+    async def _on_ack(self, msg: Any) -> None:
+        number = msg.subject[len(self.inbox) + 1 :].split(".", 1)[0]
+        batch = self._batches.get(number)
+        if batch is None or batch[1].done():
+            return
+        left, done = batch
+        headers = msg.headers
+        if headers and headers.get("Status") == "503":
+            done.set_exception(ConnectionLost("no JetStream stream takes these subjects now"))
+        elif b'"error"' in msg.data:
+            detail = msg.data[:300].decode("utf-8", "replace")
+            done.set_exception(ChannelError(f"JetStream refused an append: {detail}"))
+        else:
+            left[0] -= 1
+            if left[0] == 0:
+                done.set_result(None)
 
 
 class JetStreamTransport:
@@ -736,9 +776,7 @@ class JetStreamTransport:
     def _jetstream(self, session: Session) -> Any:
         context = session.cache.get("js")
         if context is None:
-            context = session.client.jetstream(
-                timeout=self.settings.flush_timeout, publish_async_max_pending=10_000
-            )
+            context = session.client.jetstream(timeout=self.settings.flush_timeout)
             session.cache["js"] = context
         return context
 
@@ -847,16 +885,18 @@ class JetStreamTransport:
         refused += too_big
         if ready:
             self._ensure_stream(session, layout)
-            js = self._jetstream(session)
+            appender = session.cache.get("appender")
+            if appender is None:
+                appender = session.cache["appender"] = _Appender(session.client)
             wait = self.settings.flush_timeout
             try:
                 self._link.run(
-                    lambda: _publish(js, ready, wait),
+                    lambda: appender.append(ready, wait),
                     f"appending to stream {layout.stream!r}",
                     wait,
                     session,
                 )
-            except ChannelError as exc:
+            except TransportError as exc:
                 self._maybe_gone(session, layout, exc)
                 raise
             self._publisher.stats.published += len(ready)
@@ -866,7 +906,7 @@ class JetStreamTransport:
     def _maybe_gone(self, session: Session, layout: StreamLayout, exc: Exception) -> None:
         """Forget a stream that may have been deleted, so the next publish makes it again."""
         session.cache.get("streams", {}).pop(layout.stream, None)
-        logger.warning("JetStream refused an append to %s: %s", layout.stream, exc)
+        logger.warning("appending to %s failed: %s", layout.stream, exc)
 
     def subscribe(
         self, exchange: Exchange, binding_key: str, queue: QueueOptions
