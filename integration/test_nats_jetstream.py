@@ -211,3 +211,30 @@ def test_a_stalled_member_cannot_move_the_groups_position(
         third.close()
     finally:
         transport.close()
+
+
+def test_a_stream_deleted_under_a_dispatcher_is_made_again_and_nothing_is_lost(
+    stream_url: str, exchange_name: str
+) -> None:
+    from evcore_nats import JetStreamTransport
+
+    admin = JetStreamTransport.from_url(stream_url)
+    seen: list[int] = []
+    try:
+        with Dispatcher(stream_url, hostname="w1@js", exchange=exchange_name) as dispatcher:
+            dispatcher.send("task-received", uuid="t0", n=0)
+            admin.delete_exchange(exchange_name)
+            dispatcher.send("task-received", uuid="t1", n=1)  # no stream: buffered
+            assert dispatcher.stats.publish_failures == 1 and dispatcher.pending_events == 1
+            dispatcher.send("task-received", uuid="t2", n=2)  # the stream is made again
+            assert dispatcher.pending_events == 0
+        with Receiver(
+            stream_url,
+            exchange=exchange_name,
+            handlers={"*": lambda event: seen.append(event["n"])},
+            stream=StreamOptions(start=EARLIEST),
+        ) as receiver:
+            receiver.capture(limit=2, timeout=10)
+    finally:
+        admin.close()
+    assert seen == [1, 2]  # the first went with the deleted stream
