@@ -238,3 +238,39 @@ def test_a_stream_deleted_under_a_dispatcher_is_made_again_and_nothing_is_lost(
     finally:
         admin.close()
     assert seen == [1, 2]  # the first went with the deleted stream
+
+
+def read_keys(reader: JetStreamSubscription, count: int) -> list[str]:
+    got: list[str] = []
+
+    def more() -> bool:
+        got.extend(message.routing_key for message in reader.receive(0.2))
+        return len(got) >= count
+
+    wait_for(more, 5)
+    return got
+
+
+def test_stream_readers_keep_only_what_their_binding_matches(
+    stream_url: str, exchange_name: str
+) -> None:
+    from evcore.transport import TOPIC, Exchange, OutgoingMessage
+    from evcore_nats import JetStreamTransport
+
+    transport = JetStreamTransport.from_url(stream_url)
+    exchange = Exchange(exchange_name, TOPIC)
+    keys = ["worker", "worker.online", "task.sent", "task.sent.x", "a.worker"]
+    try:
+        transport.publish(exchange, [OutgoingMessage(k, k.encode(), partition=1) for k in keys])
+        for binding, expected in (
+            ("worker.#", ["worker", "worker.online"]),
+            ("task.*", ["task.sent"]),
+            ("#.worker", ["worker", "a.worker"]),
+        ):
+            reader = transport.subscribe_stream(exchange, binding, StreamOptions(start=EARLIEST))
+            got = read_keys(reader, len(expected))
+            assert not reader.receive(0.3)
+            assert got == expected, binding
+            reader.close()
+    finally:
+        transport.close()

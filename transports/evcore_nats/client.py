@@ -194,7 +194,9 @@ class Link:
         loop = self._loop
         if self._closed or loop is None:
             raise ConnectionLost(f"the NATS transport to {self.settings.address} is closed")
-        future = loop.submit(make())
+        future = self._submit(loop, make)
+        if future is None:
+            raise ConnectionLost(f"the NATS transport to {self.settings.address} is closed")
         try:
             return future.result(timeout + _GRACE)
         except concurrent.futures.TimeoutError:
@@ -226,9 +228,22 @@ class Link:
             if not future.cancelled() and future.exception() is not None:
                 logger.debug("NATS %s failed: %s", doing, future.exception())
 
-        future = loop.submit(make())
-        future.add_done_callback(report)
+        future = self._submit(loop, make)
+        if future is not None:
+            future.add_done_callback(report)
         return future
+
+    @staticmethod
+    def _submit(
+        loop: _LoopThread, make: Callable[[], Coroutine[Any, Any, T]]
+    ) -> concurrent.futures.Future[T] | None:
+        """Hand ``make()`` to the loop; None if the loop has just been closed."""
+        coroutine = make()
+        try:
+            return loop.submit(coroutine)
+        except RuntimeError:
+            coroutine.close()
+            return None
 
     # -- the connection -------------------------------------------------------------------
 
@@ -305,9 +320,9 @@ class Link:
             if self._session is session:
                 self._session = None
         loop = self._loop
-        if session.client is not None and loop is not None and not self._closed:
-            with contextlib.suppress(RuntimeError):
-                loop.submit(_close_quietly(session.client))
+        client = session.client
+        if client is not None and loop is not None and not self._closed:
+            self._submit(loop, lambda: _close_quietly(client))
 
     def close(self) -> None:
         """Close the connection and stop the loop thread; safe to call twice."""
@@ -320,9 +335,11 @@ class Link:
         if loop is None:
             return
         if session is not None and session.client is not None:
-            future = loop.submit(_close_quietly(session.client))
-            with contextlib.suppress(Exception):
-                future.result(_CLOSE_WAIT)
+            client = session.client
+            future = self._submit(loop, lambda: _close_quietly(client))
+            if future is not None:
+                with contextlib.suppress(Exception):
+                    future.result(_CLOSE_WAIT)
             session.mark_lost("the NATS transport was closed")
         loop.stop()
 
