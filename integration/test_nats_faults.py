@@ -121,3 +121,23 @@ def test_receiver_and_dispatcher_ride_out_a_server_restart(
     assert capture.errors == []
     assert capture.types == ["worker-online"] + ["worker-heartbeat"] * 3 + ["worker-offline"]
     assert capture.receiver.stats.lost_events.total() == 0
+
+
+def test_a_silent_server_is_given_up_after_unanswered_pings(
+    server: PrivateNats, exchange_name: str
+) -> None:
+    from _net import TcpProxy
+
+    proxy = TcpProxy(server.port)
+    transport = NatsTransport.from_url(
+        f"nats://127.0.0.1:{proxy.port}?ping_interval=0.3&max_outstanding_pings=2"
+    )
+    try:
+        subscription = transport.subscribe(Exchange(exchange_name, TOPIC), "#", QueueOptions("q"))
+        proxy.stall()  # both ends see a silent peer; nothing is closed
+        with pytest.raises(ConnectionLost):
+            for _ in range(50):  # about 1 s of PINGs without PONG is enough
+                subscription.receive(0.2)
+    finally:
+        transport.close()
+        proxy.close()
