@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import dispatch, inproc, nats, raw, report
+from benchmarks import dispatch, durable, inproc, nats, raw, report
 from benchmarks.common import ROOT, Row, Settings, log, pika_parameters, settings_for
 
 SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
@@ -23,6 +23,7 @@ SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
     "state": inproc.state_section,
     "memory": inproc.memory_section,
     "raw": raw.raw_section,
+    "durable": durable.durable_section,
     "nats": nats.nats_section,
 }
 
@@ -73,8 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="results file (default benchmarks/RESULTS.md; quick: none)",
     )
+    parser.add_argument(
+        "--replay-events",
+        type=int,
+        help="events retained for the durable replay and group runs (default 200000)",
+    )
     options = parser.parse_args(argv)
     settings = settings_for(options.quick, options.reps, options.redis_url, options.amqp_url)
+    if options.replay_events:
+        settings.replay_events = options.replay_events
     out = options.out or (None if options.quick else ROOT / "benchmarks" / "RESULTS.md")
     started = time.monotonic()
     rows: list[Row] = []

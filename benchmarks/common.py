@@ -40,6 +40,10 @@ class Settings:
     memory_tasks: tuple[int, ...]
     #: Messages per raw-limit run.
     raw_messages: int
+    #: Events retained for the durable replay and group runs, and in the overload burst.
+    replay_events: int = 200_000
+    burst_events: int = 300_000
+    kill_events: int = 200_000
 
 
 def settings_for(quick: bool, reps: int | None, redis_url: str, amqp_url: str) -> Settings:

@@ -37,6 +37,7 @@ TARGETS = {
     "dispatch-rabbitmq-batched": Target("dispatch, RabbitMQ, batched", 2),
     "e2e-redis": Target("end to end, Redis, unbatched", 5),
     "e2e-rabbitmq": Target("end to end, RabbitMQ, unbatched", 3),
+    "e2e-durable": Target("end to end unbatched, Redis Streams vs Celery pub/sub", 3),
 }
 
 

@@ -290,6 +290,44 @@ def memory(config: dict[str, Any]) -> None:
     emit({"per_task": used / len(state.tasks), "tasks": len(state.tasks)})
 
 
+def stream_member(config: dict[str, Any]) -> None:
+    """A Receiver + State on a durable URL (a group member, or alone from the earliest
+    event): joins, says so, waits for ``{"go": t}``, then applies events until ``idle``
+    seconds pass without one (after the first)."""
+    from evcore import Receiver
+    from evcore.state import State
+    from evcore.transport import EARLIEST, StreamOptions
+
+    state = State(max_tasks_in_memory=None)
+    tally = Tally()
+    options = StreamOptions(
+        group=config["group"], member=config["member"], start=EARLIEST, lease=config["lease"]
+    )
+    receiver = Receiver(config["url"], handlers={"*": tally.wrap(state.event)}, stream=options)
+    emit({"ready": True})
+    go = json.loads(sys.stdin.readline())["go"]
+    cpu = time.process_time()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        receiver.capture(timeout=0.2)
+        if tally.count and time.monotonic() - tally.last > config["idle"]:
+            break
+    cpu = time.process_time() - cpu
+    lost = sum(receiver.stats.lost_events.values())
+    receiver.close()
+    emit(
+        {
+            "count": tally.count,
+            "first": tally.first,
+            "last": tally.last if tally.count else go,
+            "go": go,
+            "cpu": cpu,
+            "lost": lost,
+            "tasks": len(state.tasks),
+        }
+    )
+
+
 def nats_count(config: dict[str, Any]) -> None:
     from evcore.transport import TOPIC, Exchange, QueueOptions
     from evcore_nats import NatsTransport
@@ -324,6 +362,7 @@ def nats_count(config: dict[str, Any]) -> None:
 
 
 ROLES = {
+    "stream-member": stream_member,
     "redis-count": redis_count,
     "nats-count": nats_count,
     "e2e-receive": e2e_receive,

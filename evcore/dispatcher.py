@@ -35,6 +35,9 @@ RESERVED_FIELDS = frozenset({"hostname", "clock", "pid"})
 #: ``<boot id>/<partition>`` (``/-1`` for the copies appended to every partition).
 BOOT_HEADER = "evcore-boot"
 SEQ_HEADER = "evcore-seq"
+#: Header of a forwarded event (``evcore relay``): a key derived from the event's own
+#: fields, the same whichever relay forwarded it, so receivers drop the second copy.
+IDEMPOTENCY_HEADER = "evcore-idem"
 
 #: Event types whose group and routing key a dispatcher remembers.
 MAX_ROUTES = 1024
@@ -267,6 +270,22 @@ class Dispatcher:
             self._submit(routing_key_for(type), body, 1, retry, retry_policy, lane)
         return event
 
+    def forward(self, event: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> None:
+        """Publish an event built elsewhere as it is (its own hostname, clock and
+        timestamp): what a relay does. It is numbered in this dispatcher's sequence, so
+        receivers see what is lost after it; ``headers`` are added to the message."""
+        if self.disabled_reason:
+            return
+        type_ = event.get("type")
+        if not isinstance(type_, str):
+            raise TypeError("an event to forward needs a string 'type'")
+        lane = self._lane(event) if self.partitions else None
+        with self.mutex:
+            if self._closed:
+                return
+            body = codec.dumps(event)
+            self._submit(routing_key_for(type_), body, 1, lane=lane, extra=headers)
+
     def _build(
         self, type: str, fields: dict[str, Any], blind: bool, offset: Callable[[], float]
     ) -> dict[str, Any]:
@@ -294,12 +313,15 @@ class Dispatcher:
         retry: bool = False,
         retry_policy: Mapping[str, float] | None = None,
         lane: int | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         next_seq = self._next_seq
         seq = next_seq.get(lane, 1)
         next_seq[lane] = seq + events
         boot = self.boot_id if lane is None else f"{self.boot_id}/{lane}"
         headers = {**self.headers, BOOT_HEADER: boot, SEQ_HEADER: seq}
+        if extra:
+            headers.update(extra)
         message = OutgoingMessage(
             routing_key, body, headers, self.content_type, "utf-8", self.delivery_mode, 0, lane
         )

@@ -19,7 +19,7 @@ from typing import Any, cast
 from evcore import codec
 from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
-from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
+from evcore.dispatcher import BOOT_HEADER, IDEMPOTENCY_HEADER, SEQ_HEADER
 from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, MessageRejected
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, events_disabled_because, rule_for
@@ -47,8 +47,12 @@ CLIENT_CLOCK_SKEW = -1
 #: How long one wait on the transport may last, so ``should_stop`` is seen promptly.
 POLL_INTERVAL = 1.0
 
-#: Senders whose sequence numbers are tracked at once; the least recently heard is forgotten.
-MAX_TRACKED_SENDERS = 10_000
+#: Sender lanes whose sequence numbers are tracked at once (a dispatcher has one lane per
+#: partition on a durable transport); the least recently heard is forgotten.
+MAX_TRACKED_SENDERS = 100_000
+
+#: Idempotency keys of forwarded events remembered, to drop the copy a second relay sends.
+MAX_IDEMPOTENCY_KEYS = 200_000
 
 
 @dataclass
@@ -117,6 +121,7 @@ class Receiver:
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
         on_loss: LossHandler | None = None,
         stream: StreamOptions | None = None,
+        sequences: Mapping[str, int] | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
@@ -173,7 +178,11 @@ class Receiver:
         self._marks: deque[tuple[int, IncomingMessage]] = deque()
         self._queued = 0
         self._pending: deque[dict[str, Any]] = deque()
-        self._expected_seq: dict[str, int] = {}
+        self._expected_seq: dict[str, int] = dict(sequences or {})
+        self._seen_keys: dict[str, None] = {}
+        #: Sequence lanes restored from a checkpoint: they hold again for the partitions
+        #: ``on_assigned`` places at that checkpoint's positions.
+        self._restored_seq = dict(sequences or {})
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -212,6 +221,7 @@ class Receiver:
             fresh = partitions.difference(held)
             self._forget_lanes(fresh)
             chosen = dict(on_assigned(fresh) or {}) if on_assigned is not None and fresh else {}
+            self._restore_lanes(frozenset(chosen).intersection(fresh))
             chosen.update({p: position for p, position in held.items() if position is not None})
             return chosen
 
@@ -227,6 +237,18 @@ class Receiver:
         if options.group is not None and member is None:
             member = f"{socket.gethostname()}.{self.node_id}"
         return dataclasses.replace(options, member=member, on_assigned=assigned, on_revoked=revoked)
+
+    def _restore_lanes(self, partitions: frozenset[int]) -> None:
+        suffixes = tuple(f"/{partition}" for partition in partitions)
+        for boot, seq in self._restored_seq.items():
+            if boot.endswith(suffixes):
+                self._expected_seq[boot] = seq
+
+    def sequences(self) -> dict[str, int]:
+        """The next sequence number expected per sender lane: saved with a checkpoint and
+        given back as ``sequences=`` so that a resumed receiver neither re-applies nor
+        miscounts as lost what the checkpoint already holds."""
+        return dict(self._expected_seq)
 
     def _forget_lanes(self, partitions: frozenset[int]) -> None:
         suffixes = tuple(f"/{partition}" for partition in partitions)
@@ -244,6 +266,11 @@ class Receiver:
             newest[message.partition] = message  # type: ignore[index]
         self._applied.update(newest)
         return list(newest.values())
+
+    @property
+    def pending_events(self) -> int:
+        """Events decoded but not handled yet (the rest of a batch after a ``limit``)."""
+        return len(self._pending)
 
     def positions(self) -> dict[int, str]:
         """Per partition, the position of the last message whose events are all handled:
@@ -438,6 +465,9 @@ class Receiver:
             # One event per message, the common case.
             if not self._in_sequence(message.headers, 1):
                 return []
+            key = message.headers.get(IDEMPOTENCY_HEADER)
+            if key is not None and self._seen_before(key):
+                return []
             if body.__class__ is not dict or body.get("type").__class__ is not str:
                 stats.rejected["not-an-event"] += 1
                 return []
@@ -477,6 +507,18 @@ class Receiver:
         if len(self._expected_seq) > MAX_TRACKED_SENDERS:
             del self._expected_seq[next(iter(self._expected_seq))]
         return True
+
+    def _seen_before(self, key: Any) -> bool:
+        """Whether a forwarded event with this key was handled already (a duplicate)."""
+        seen = self._seen_keys
+        text = str(key)
+        if text in seen:
+            self.stats.duplicates += 1
+            return True
+        seen[text] = None
+        if len(seen) > MAX_IDEMPOTENCY_KEYS:
+            del seen[next(iter(seen))]
+        return False
 
     def _report_loss(self, on_loss: LossHandler, sender: str, lost: int) -> None:
         try:

@@ -11,6 +11,8 @@ from evcore import __version__
 from evcore.cli.common import EvcoreGroup, configure_logging
 from evcore.cli.demo import demo
 from evcore.cli.dump import dump
+from evcore.cli.monitor_cmd import monitor
+from evcore.cli.relay_cmd import relay
 from evcore.cli.top import top
 from evcore.cli.transports_cmd import transports
 
@@ -31,6 +33,8 @@ cli.add_command(demo)
 cli.add_command(top)
 cli.add_command(dump)
 cli.add_command(transports)
+cli.add_command(monitor)
+cli.add_command(relay)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import click
 from evcore.cli.common import safe_url, url_argument
 from evcore.cli.dumper import Dumper
 from evcore.cli.source import EventSource
+from evcore.cli.streamopts import stream_from, stream_options
 from evcore.cli.watch import Link
 from evcore.event import group_from
 
@@ -73,6 +74,7 @@ def _silence_stdout() -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after this many events.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="Stop after this many seconds.")
 @click.option("--wait", is_flag=True, help="Keep retrying if the broker is unreachable at start.")
+@stream_options()
 def dump(
     url: str,
     as_json: bool,
@@ -81,6 +83,9 @@ def dump(
     limit: int | None,
     timeout: float | None,
     wait: bool,
+    consumer_group: str | None = None,
+    member: str | None = None,
+    start: str | None = None,
 ) -> None:
     """Print the events published on the broker at URL, one line each, as they arrive.
 
@@ -89,7 +94,8 @@ def dump(
     keep = EventFilter(types, groups)
     dumper = Dumper()
     printed = 0
-    with EventSource(url, wait=wait, link=Link(on_change=_report)) as source:
+    stream = stream_from(consumer_group, member, start)
+    with EventSource(url, wait=wait, link=Link(on_change=_report), stream=stream) as source:
         _say(f"evcore dump: capturing from {safe_url(url)}")
         if not source.link.connected:
             _say(f"cannot reach the broker yet ({source.link.error}), retrying")

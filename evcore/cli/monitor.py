@@ -13,6 +13,7 @@ from evcore.cli.source import EventSource
 from evcore.cli.view import Link as LinkView
 from evcore.cli.view import Snapshot, TaskRow, WorkerRow
 from evcore.state import State, Task, Worker
+from evcore.transport import StreamOptions
 
 #: The window the event rate is averaged over, in seconds.
 RATE_WINDOW = 5.0
@@ -99,10 +100,13 @@ class Monitor:
         wait: bool = False,
         max_tasks: int = 10_000,
         max_workers: int = 5_000,
+        stream: StreamOptions | None = None,
     ) -> None:
         self.title = title
         self.state = State(max_workers_in_memory=max_workers, max_tasks_in_memory=max_tasks)
-        self.source = EventSource(url, handlers={"*": self.state.event}, wait=wait)
+        self.source = EventSource(
+            url, handlers={"*": self.state.event}, wait=wait, stream=stream
+        )
         self.rate = RateMeter()
         self.failure: BaseException | None = None
         self._ever_connected = self.source.link.connected

@@ -10,10 +10,13 @@ from evcore.cli.watch import Link, WatchedTransport
 from evcore.errors import ConnectionLost
 from evcore.receiver import Handler, Receiver
 from evcore.registry import connect
+from evcore.transport import StreamOptions
 
 
 class EventSource:
     """A Receiver on ``url`` plus the :class:`Link` telling whether the broker is reachable.
+
+    ``stream`` reads a durable transport as that group member, from that start.
 
     Unless ``wait`` is true, a broker that cannot be reached at once raises
     :class:`BrokerUnreachable`; once connected, the Receiver reconnects by itself.
@@ -26,11 +29,14 @@ class EventSource:
         routing_key: str = "#",
         wait: bool = False,
         link: Link | None = None,
+        stream: StreamOptions | None = None,
     ) -> None:
         self.url = url
         self.transport = WatchedTransport(connect(url), link)
         try:
-            self.receiver = Receiver(self.transport, handlers=handlers, routing_key=routing_key)
+            self.receiver = Receiver(
+                self.transport, handlers=handlers, routing_key=routing_key, stream=stream
+            )
         except BaseException:
             self.transport.close()
             raise

@@ -11,6 +11,7 @@ from rich.console import Console
 from evcore.cli.common import safe_url, url_argument
 from evcore.cli.display import print_once, run_live
 from evcore.cli.monitor import Monitor
+from evcore.cli.streamopts import stream_from, stream_options
 from evcore.errors import EvcoreError
 
 #: Seconds ``--once`` collects events for, unless ``--duration`` says otherwise.
@@ -60,13 +61,26 @@ def show(
     show_default=True,
     help="Tasks kept in memory.",
 )
-def top(url: str, once: bool, duration: float | None, wait: bool, max_tasks: int) -> None:
+@stream_options()
+def top(
+    url: str,
+    once: bool,
+    duration: float | None,
+    wait: bool,
+    max_tasks: int,
+    consumer_group: str | None = None,
+    member: str | None = None,
+    start: str | None = None,
+) -> None:
     """Watch the workers and tasks of the cluster at URL, live (q or Ctrl-C quits).
 
     URL defaults to $EVCORE_URL. When the output is not a terminal, or with --once, one
     frame is printed at the end instead.
     """
-    monitor = Monitor(url, title=f"evcore top  {safe_url(url)}", wait=wait, max_tasks=max_tasks)
+    stream = stream_from(consumer_group, member, start)
+    monitor = Monitor(
+        url, title=f"evcore top  {safe_url(url)}", wait=wait, max_tasks=max_tasks, stream=stream
+    )
     try:
         monitor.start()
         show(monitor, Console(), once, duration)

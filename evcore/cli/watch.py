@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 from evcore.errors import ConnectionLost
 from evcore.transport import (
     Capabilities,
+    DurableTransport,
     Exchange,
     IncomingMessage,
     OutgoingMessage,
     QueueOptions,
+    StreamOptions,
+    StreamSubscription,
     Subscription,
     Transport,
 )
@@ -80,6 +84,28 @@ class WatchedSubscription:
         self._inner.close()
 
 
+class WatchedStreamSubscription(WatchedSubscription):
+    """A durable transport's stream subscription that reports connection errors."""
+
+    def __init__(self, inner: StreamSubscription, link: Link) -> None:
+        super().__init__(inner, link)
+        self._stream = inner
+
+    def ack(self, messages: Iterable[IncomingMessage]) -> None:
+        try:
+            self._stream.ack(messages)
+        except ConnectionLost as exc:
+            self._link.down(exc)
+            raise
+
+    def assignment(self) -> frozenset[int]:
+        return self._stream.assignment()
+
+    @property
+    def trimmed(self) -> int:
+        return self._stream.trimmed
+
+
 class WatchedTransport:
     """Delegate to a transport, recording subscription successes and failures."""
 
@@ -102,6 +128,18 @@ class WatchedTransport:
             raise
         self.link.up()
         return WatchedSubscription(subscription, self.link)
+
+    def subscribe_stream(
+        self, exchange: Exchange, binding_key: str, options: StreamOptions
+    ) -> WatchedStreamSubscription:
+        durable = cast(DurableTransport, self.inner)
+        try:
+            subscription = durable.subscribe_stream(exchange, binding_key, options)
+        except ConnectionLost as exc:
+            self.link.down(exc)
+            raise
+        self.link.up()
+        return WatchedStreamSubscription(subscription, self.link)
 
     def close(self) -> None:
         self.inner.close()

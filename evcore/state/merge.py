@@ -26,8 +26,9 @@ def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
     Tasks are taken from the member holding them (the one that saw the most of a task wins
     should two hold it, as around a takeover); for a worker, the record with the latest
-    heartbeat. Children waiting in one member for a parent held by another are attached to
-    it. ``event_count`` is the sum, so worker events count once per member that applied them.
+    heartbeat. Children are attached to their parent whichever member holds each (by the
+    child's ``parent_id``, and a member's waiting children). ``event_count`` is the sum,
+    so worker events count once per member that applied them.
     """
     parsed = [parse(snapshot) for snapshot in snapshots]
     if not parsed:
@@ -54,6 +55,11 @@ def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 tasks[task["uuid"]] = dict(task)
         for parent, children in data.get("pending_children", {}).items():
             pending.setdefault(parent, set()).update(children)
+    # A child names its parent: link it wherever the parent is, whichever member held it.
+    for task in tasks.values():
+        parent_id = task.get("parent_id")
+        if isinstance(parent_id, str) and parent_id in tasks:
+            pending.setdefault(parent_id, set()).add(task["uuid"])
     for parent, children in list(pending.items()):
         task = tasks.get(parent)
         if task is not None:

@@ -49,14 +49,14 @@ _CLOSE_WAIT = 5.0
 _POSITION = re.compile(r"\d{1,20}-\d{1,20}")
 
 # Registers a member (score: its expiry in server milliseconds), forgets expired ones and
-# returns how many are alive.
+# returns the live members.
 _HEARTBEAT = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 10)
-return redis.call('ZCARD', KEYS[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
 # Takes a free lease or renews one's own: 1 if the caller owns the partition afterwards.
 _CLAIM = """
@@ -130,6 +130,7 @@ class RedisStreamSubscription:
         self._partition_of = {key: p for p, key in self._keys.items()}
         self._acked: dict[int, tuple[int, int]] = {}
         self._first_seen: dict[int, bytes] = {}
+        self._routing_keys: dict[bytes, str] = {}
         self._trimmed = 0
         self._next_rebalance = 0.0
         self._scripts: dict[str, bytes] = {}
@@ -186,10 +187,22 @@ class RedisStreamSubscription:
     # -- ownership --------------------------------------------------------------------
 
     def _start(self) -> None:
+        """Without a group, own every partition now (``LATEST`` means from now on). In a
+        group, only join: partitions are claimed on the first ``receive``, so members
+        started together split them at once instead of handing them over later."""
         if self.options.group is None:
             self._assign(frozenset(range(self.settings.partitions)))
         else:
-            self._rebalance()
+            self._evals(
+                "heartbeat",
+                _HEARTBEAT,
+                [
+                    (
+                        (self.settings.members_key(self.exchange.name, self.options.group),),
+                        (self.member, str(self._lease_ms)),
+                    )
+                ],
+            )
 
     def _rebalance(self) -> None:
         """Renew the leases, then give up or claim partitions towards a fair share."""
@@ -201,6 +214,7 @@ class RedisStreamSubscription:
         self._next_rebalance = time.monotonic() + self.options.lease / 3
         members_key = settings.members_key(name, group)
         (alive,) = self._evals("heartbeat", _HEARTBEAT, [((members_key,), (self.member, lease))])
+        members = sorted(alive)
         owned = sorted(self._cursors)
         renewed = self._evals(
             "claim",
@@ -209,7 +223,7 @@ class RedisStreamSubscription:
         )
         kept = [p for p, ok in zip(owned, renewed, strict=True) if ok]
         lost = frozenset(owned) - frozenset(kept)
-        fair = math.ceil(settings.partitions / max(int(alive), 1))
+        fair = math.ceil(settings.partitions / max(len(members), 1))
         extra = frozenset(kept[fair:])
         if lost or extra:
             self._revoke(lost | extra)
@@ -222,7 +236,12 @@ class RedisStreamSubscription:
         need = fair - (len(kept) - len(extra))
         if need <= 0:
             return
-        others = [p for p in range(settings.partitions) if p not in self._cursors]
+        # Each member looks for free partitions from its own place in the member list, so
+        # members claiming at the same moment reach for different ones.
+        rank = members.index(self.member.encode()) if self.member.encode() in members else 0
+        first = rank * fair % settings.partitions
+        circle = [*range(first, settings.partitions), *range(first)]
+        others = [p for p in circle if p not in self._cursors]
         owners = self._pipeline([("GET", settings.lease_key(name, p, group)) for p in others])
         free = [p for p, owner in zip(others, owners, strict=True) if owner is None][:need]
         claimed = self._evals(
@@ -351,32 +370,51 @@ class RedisStreamSubscription:
         exchange = self.exchange.name
         match_all = self._match_all
         binding_key = self.binding_key
+        keys = self._routing_keys
         loads = codec.loads
         out = []
+        append = out.append
         for entry_id, flat in entries:
-            fields = dict(zip(flat[::2], flat[1::2], strict=False))
-            routing_key = fields.get(b"k", b"").decode("utf-8", "replace")
+            # The layout transport.py writes: b, k, then h when there are headers; c and e
+            # (rare) or anything else goes the general way.
+            size = len(flat)
+            if size in (4, 6) and flat[0] == b"b" and flat[2] == b"k" and (
+                size == 4 or flat[4] == b"h"
+            ):
+                body, raw_key = flat[1], flat[3]
+                raw_headers = flat[5] if size == 6 else None
+                content_type: bytes | None = None
+                encoding: bytes | None = None
+            else:
+                fields = dict(zip(flat[::2], flat[1::2], strict=False))
+                body, raw_key = fields.get(b"b", b""), fields.get(b"k", b"")
+                raw_headers = fields.get(b"h")
+                content_type, encoding = fields.get(b"c"), fields.get(b"e")
+            routing_key = keys.get(raw_key)
+            if routing_key is None:
+                routing_key = raw_key.decode("utf-8", "replace")
+                if len(keys) < 1024:
+                    keys[raw_key] = routing_key
             if not match_all and not binding_matches(binding_key, routing_key):
                 continue
             headers: Any = {}
             rejected = None
-            raw = fields.get(b"h")
-            if raw is not None:
+            if raw_headers is not None:
                 try:
-                    headers = loads(raw)
+                    headers = loads(raw_headers)
                 except ValueError:
                     headers, rejected = {}, "malformed"
-                if not isinstance(headers, dict):
+                if headers.__class__ is not dict:
                     headers, rejected = {}, "malformed"
-            content_type = fields.get(b"c")
-            encoding = fields.get(b"e")
-            out.append(
+            append(
                 IncomingMessage(
-                    fields.get(b"b", b""),
+                    body,
                     routing_key,
                     exchange,
-                    "application/json" if content_type is None else content_type.decode(),
-                    "utf-8" if encoding is None else encoding.decode(),
+                    "application/json"
+                    if content_type is None
+                    else content_type.decode("utf-8", "replace"),
+                    "utf-8" if encoding is None else encoding.decode("utf-8", "replace"),
                     headers,
                     rejected,
                     partition,
