@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks.common import Child, Row, Settings, alternate, log
 from benchmarks.dispatch import e2e_run, evcore_run, exchange_name
+from benchmarks.durable import populate, run_members
 from benchmarks.workload import make_events, sendable, tasks_for_events
 
 SECTION = "7. NATS (evcore only: Celery has no NATS transport)"
@@ -91,6 +92,7 @@ def nats_section(settings: Settings) -> list[Row]:
         for batched in (False, True):
             for label, url in (("NATS core", nats_url()), ("JetStream", stream_url)):
                 rows.append(_end_to_end(settings, label, url, batched))
+        rows.extend(_replay_and_group(settings, stream_url))
     finally:
         delete_streams(prefix)
     return rows
@@ -198,6 +200,43 @@ def _end_to_end(settings: Settings, label: str, url: str, batched: bool) -> Row:
             f"(Receiver.stats.lost_events: {seen}); its sender alone: median {sender:,.0f} ev/s"
         ],
     )
+
+
+def _replay_and_group(settings: Settings, url: str) -> list[Row]:
+    """Section 6's replay and group-ingest runs on JetStream: a lone monitor process building
+    its State from the earliest retained event, then one and two member processes of a
+    group reading the same stream (alternated)."""
+    events = 20_000 if settings.quick else 50_000
+    reps = max(1, min(settings.reps, 3))
+    log(f"JetStream: appending {events} events (batched) for the replay and group runs")
+    append_rate = populate(url, events, batched=True)
+    replay: list[float] = []
+    sizes: dict[int, list[float]] = {1: [], 2: []}
+    for rep in range(reps):
+        (solo,) = run_members(url, 1, None, idle=1.0)
+        replay.append(solo["count"] / max(solo["last"] - solo["go"], 1e-9))
+        for size in (1, 2) if rep % 2 == 0 else (2, 1):
+            reports = run_members(url, size, f"g{rep}-{size}", idle=1.5)
+            end = max(report["last"] for report in reports)
+            sizes[size].append(events / max(end - reports[0]["go"], 1e-9))
+    ratio = statistics.median(sizes[2]) / statistics.median(sizes[1])
+    return [
+        Row(
+            SECTION,
+            f"JetStream replay: a new monitor builds its State from {events:,} retained events",
+            "events/s",
+            replay,
+            notes=[f"appended (batched) at {append_rate:,.0f} ev/s"],
+        ),
+        Row(SECTION, "JetStream group ingest, 1 member", "events/s", sizes[1]),
+        Row(
+            SECTION,
+            "JetStream group ingest, 2 members (two processes, one group)",
+            "events/s",
+            sizes[2],
+            notes=[f"2 members / 1 member: {ratio:.2f}x"],
+        ),
+    ]
 
 
 def _spread(values: list[float]) -> str:

@@ -14,7 +14,10 @@ is tested without a server:
 - a member renews its own membership and its leases whenever it rebalances (from
   ``receive()``); members and leases past their expiry are dropped (the member died);
 - each live member owns at most ``ceil(partitions / members)``: one owning more gives the
-  extra ones up (after telling its consumer), one owning fewer takes free ones.
+  extra ones up (after telling its consumer), one owning fewer takes free ones, looking from
+  its own place in the sorted member list;
+- a member joins (is counted among the members) as soon as it subscribes, so members
+  started together split the partitions at their first rebalance.
 
 Members on different hosts compare wall-clock expiries: their clocks must agree to well
 within the lease (NTP does).
@@ -28,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GroupState", "Plan", "group_key", "plan", "release"]
+__all__ = ["GroupState", "Plan", "group_key", "join", "plan", "release"]
 
 
 def group_key(group: str) -> str:
@@ -100,7 +103,14 @@ def plan(
     keep, extra = mine[:fair], mine[fair:]
     for partition in mine:
         state.leases[partition] = (member, now + lease)
-    free = [p for p in range(partitions) if p not in state.leases]
+    # Each member looks for free partitions from its own place (its rank among the members
+    # times its share), so members that start together do not all reach for the same ones.
+    start = sorted(state.members).index(member) * fair
+    free = [
+        p % partitions
+        for p in range(start, start + partitions)
+        if p % partitions not in state.leases
+    ]
     taken = free[: max(0, fair - len(keep))]
     for partition in taken:
         state.leases[partition] = (member, now + lease)
@@ -110,6 +120,11 @@ def plan(
         extra=frozenset(extra),
         lost=owned - frozenset(mine),
     )
+
+
+def join(state: GroupState, member: str, now: float, lease: float) -> None:
+    """Count ``member`` among the live members (it takes partitions when it rebalances)."""
+    state.members[member] = now + lease
 
 
 def release(state: GroupState, member: str, partitions: frozenset[int] | None = None) -> None:

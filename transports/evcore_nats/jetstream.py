@@ -72,7 +72,7 @@ from evcore.transport import (
 )
 from evcore_nats.client import Link, Session, load_nats
 from evcore_nats.core import MAX_DRAIN, NatsStats, Publisher, refusal
-from evcore_nats.groups import GroupState, group_key, plan, release
+from evcore_nats.groups import GroupState, group_key, join, plan, release
 from evcore_nats.settings import JETSTREAM_OPTIONS, NatsSettings, parse_settings
 from evcore_nats.subjects import escape_token, publish_subject, unescape_token
 from evcore_nats.wire import incoming
@@ -94,10 +94,15 @@ DEFAULT_SUBJECT_PREFIX = "evstream"
 _ACK_WAIT = 3600.0
 #: Seconds an ephemeral consumer outlives a reader that vanished without deleting it.
 _EPHEMERAL_IDLE = 30.0
-#: Longest a pull request lingers on the server waiting for messages.
+#: Longest and shortest a pull request lingers on the server waiting for messages. Every
+#: request has an expiry, so that the server always says when it ends (a request without
+#: one ends without a word once it has sent what there was).
 _MAX_LINGER = 1.0
-#: How long after its expiry a pull request whose end the server never reported is given up.
-_PULL_GRACE = 2.0
+_MIN_LINGER = 0.05
+#: How long after its expiry a pull request whose end the server did not report is taken
+#: for ended. The server's 408 usually says so, but not always (seen with nats-server 2.9
+#: under load, after a partial delivery): without this bound the partition would stall.
+_PULL_GRACE = 0.25
 #: A group rebalances this many times per lease (renewing its leases each time).
 _RENEWALS_PER_LEASE = 3
 _CAS_ATTEMPTS = 5
@@ -226,6 +231,8 @@ class JetStreamSubscription:
         self._limited = transport._ensure_stream(session, self._layout)
         if self._group is not None:
             self._kv = transport._groups_bucket(session, self._layout)
+            lease = options.lease
+            self._change_group(lambda state: join(state, member, time.time(), lease))
         session.watch(self, self._on_lost)
         if pubsub:
             self._start({_PUBSUB: LATEST})
@@ -391,18 +398,16 @@ class JetStreamSubscription:
 
     def _pull(self, linger: float) -> None:
         """Open a pull request for every reader without one: up to ``batch`` messages,
-        lingering up to ``linger`` seconds on the server for them (0: only what is there)."""
+        lingering up to ``linger`` seconds on the server for them."""
         now = time.monotonic()
         batch = self._transport.batch
+        linger = min(max(linger, _MIN_LINGER), _MAX_LINGER)
+        ask = {"batch": batch, "expires": int(linger * 1e9)}
         requests: list[tuple[str, str, bytes]] = []
         with self._cond:
             for reader in self._readers.values():
                 if reader.outstanding > 0 and now < reader.pull_until:
                     continue
-                if linger > 0:
-                    ask = {"batch": batch, "expires": int(linger * 1e9)}
-                else:
-                    ask = {"batch": batch, "no_wait": True}
                 reader.outstanding = batch
                 reader.pull_until = now + linger + _PULL_GRACE
                 subject = f"$JS.API.CONSUMER.MSG.NEXT.{self._layout.stream}.{reader.consumer}"
