@@ -71,7 +71,7 @@ from evcore.transport import (
     StreamOptions,
 )
 from evcore_nats.client import Link, Session, load_nats
-from evcore_nats.core import MAX_DRAIN, NatsStats, Publisher, refusal
+from evcore_nats.core import NatsStats, Publisher, refusal
 from evcore_nats.groups import GroupState, group_key, join, plan, release
 from evcore_nats.settings import JETSTREAM_OPTIONS, NatsSettings, parse_settings
 from evcore_nats.subjects import escape_token, publish_subject, unescape_token
@@ -107,6 +107,10 @@ _PULL_GRACE = 0.25
 _RENEWALS_PER_LEASE = 3
 _CAS_ATTEMPTS = 5
 _STREAM_NAME_IN_USE = 10058
+#: The most messages one ``receive()`` hands back: a batch its caller applies well within a
+#: lease (a message may hold a batch of events), so that it calls ``receive()`` again, and
+#: renews its leases, in time.
+_HAND_OUT = 1000
 #: Subjects whose partition and routing key a reader keeps decoded.
 _SUBJECT_CACHE_SIZE = 4096
 _PUBSUB = -1
@@ -530,7 +534,7 @@ class JetStreamSubscription:
                 if self._closed:
                     return []
                 items = self._items
-                batch = [items.popleft() for _ in range(min(len(items), MAX_DRAIN))]
+                batch = [items.popleft() for _ in range(min(len(items), _HAND_OUT))]
                 if not batch and self._lost is not None:
                     raise ConnectionLost(f"{self._lost}; subscribe again")
             now = time.monotonic()
