@@ -296,8 +296,10 @@ def stream_member(config: dict[str, Any]) -> None:
     seconds pass without one (after the first)."""
     from evcore import Receiver
     from evcore.state import State
+    from evcore.streammonitor import tune_gc
     from evcore.transport import EARLIEST, StreamOptions
 
+    tune_gc()  # as evcore monitor does
     state = State(max_tasks_in_memory=None)
     tally = Tally()
     options = StreamOptions(

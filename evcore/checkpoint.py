@@ -38,7 +38,8 @@ class Checkpoint:
 
     state: Mapping[str, Any]
     positions: dict[int, str] = field(default_factory=dict)
-    sequences: dict[str, int] = field(default_factory=dict)
+    #: The receiver's sequence lanes (``Receiver.sequences()``): JSON-serialisable.
+    sequences: dict[str, Any] = field(default_factory=dict)
     saved_at: float = 0.0
 
 
@@ -92,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
         raise CheckpointError(f"{path}: unsupported checkpoint version {data.get('version')!r}")
     try:
         positions = {int(p): str(position) for p, position in data["positions"].items()}
-        sequences = {str(lane): int(seq) for lane, seq in data["sequences"].items()}
+        sequences = dict(data["sequences"])
         state = data["state"]
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: malformed checkpoint: {exc}") from None

@@ -24,6 +24,7 @@ from evcore.errors import ConfigurationError, ConnectionLost, EventsDisabled, Me
 from evcore.nodename import utcoffset as local_utcoffset
 from evcore.routing import binding_matches, events_disabled_because, rule_for
 from evcore.transport import (
+    EVERY_PARTITION,
     DurableTransport,
     Exchange,
     IncomingMessage,
@@ -53,6 +54,11 @@ MAX_TRACKED_SENDERS = 100_000
 
 #: Idempotency keys of forwarded events remembered, to drop the copy a second relay sends.
 MAX_IDEMPOTENCY_KEYS = 200_000
+
+#: The lane of the copies a dispatcher appends to every partition of a durable transport.
+EVERY_LANE = f"/{EVERY_PARTITION}"
+#: Numbers of such copies seen ahead of the slowest partition that are remembered.
+MAX_OUT_OF_ORDER = 100_000
 
 
 @dataclass
@@ -121,7 +127,7 @@ class Receiver:
         reconnect_delay: tuple[float, float] = (0.1, 5.0),
         on_loss: LossHandler | None = None,
         stream: StreamOptions | None = None,
-        sequences: Mapping[str, int] | None = None,
+        sequences: Mapping[str, Any] | None = None,
     ) -> None:
         if queue_exclusive and queue_durable:
             raise ConfigurationError("an event queue cannot be both exclusive and durable")
@@ -178,11 +184,22 @@ class Receiver:
         self._marks: deque[tuple[int, IncomingMessage]] = deque()
         self._queued = 0
         self._pending: deque[dict[str, Any]] = deque()
-        self._expected_seq: dict[str, int] = dict(sequences or {})
+        restored = dict(sequences or {})
+        self._expected_seq: dict[str, int] = {
+            lane: seq for lane, seq in restored.items() if not lane.endswith(EVERY_LANE)
+        }
+        #: Copies appended to every partition arrive once per partition, each partition at
+        #: its own pace: per such lane, the next number not yet seen in order, and the
+        #: numbers seen beyond it (see ``_everywhere_in_sequence``).
+        self._everywhere: dict[str, tuple[int, set[int]]] = {
+            lane: (int(state[0]), set(state[1]))
+            for lane, state in restored.items()
+            if lane.endswith(EVERY_LANE)
+        }
         self._seen_keys: dict[str, None] = {}
         #: Sequence lanes restored from a checkpoint: they hold again for the partitions
         #: ``on_assigned`` places at that checkpoint's positions.
-        self._restored_seq = dict(sequences or {})
+        self._restored_seq = dict(self._expected_seq)
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -244,11 +261,14 @@ class Receiver:
             if boot.endswith(suffixes):
                 self._expected_seq[boot] = seq
 
-    def sequences(self) -> dict[str, int]:
-        """The next sequence number expected per sender lane: saved with a checkpoint and
+    def sequences(self) -> dict[str, Any]:
+        """Where each sender lane stands (JSON-serialisable): saved with a checkpoint and
         given back as ``sequences=`` so that a resumed receiver neither re-applies nor
         miscounts as lost what the checkpoint already holds."""
-        return dict(self._expected_seq)
+        lanes: dict[str, Any] = dict(self._expected_seq)
+        for lane, (following, beyond) in self._everywhere.items():
+            lanes[lane] = [following, sorted(beyond)]
+        return lanes
 
     def _forget_lanes(self, partitions: frozenset[int]) -> None:
         suffixes = tuple(f"/{partition}" for partition in partitions)
@@ -475,6 +495,9 @@ class Receiver:
             return [self.event_from_message(body)]
         if not self._in_sequence(message.headers, len(body)):
             return []
+        key = message.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and self._seen_before(key):
+            return []
         events = []
         from_message = self.event_from_message
         for item in body:
@@ -491,6 +514,8 @@ class Receiver:
         boot, seq = headers.get(BOOT_HEADER), headers.get(SEQ_HEADER)
         if boot.__class__ is not str or seq.__class__ is not int:
             return True
+        if boot.endswith(EVERY_LANE):
+            return self._everywhere_in_sequence(boot, seq, count)
         expected = self._expected_seq.pop(boot, None)
         if expected is not None and seq < expected:
             self._expected_seq[boot] = expected
@@ -506,6 +531,44 @@ class Receiver:
         self._expected_seq[boot] = seq + count
         if len(self._expected_seq) > MAX_TRACKED_SENDERS:
             del self._expected_seq[next(iter(self._expected_seq))]
+        return True
+
+    def _everywhere_in_sequence(self, lane: str, seq: int, count: int) -> bool:
+        """Drop the extra copies of a message appended to every partition.
+
+        Partitions are read at different paces, and one given to this receiver later may
+        start ahead of the others, so these numbers are not seen in order: remember the
+        first number not yet seen in order and the numbers seen beyond it. No gap is counted
+        here (a number missing from one partition comes from another); the partitions' own
+        lanes count what is lost. The first copy seen starts the lane: older ones are taken
+        as already applied.
+        """
+        everywhere = self._everywhere
+        state = everywhere.pop(lane, None)  # re-inserted below: least recently heard first
+        if state is None:
+            everywhere[lane] = (seq + count, set())
+            if len(everywhere) > MAX_TRACKED_SENDERS:
+                del everywhere[next(iter(everywhere))]
+            return True
+        following, beyond = state
+        if seq < following or seq in beyond:
+            everywhere[lane] = state
+            self.stats.duplicates += 1
+            return False
+        if seq == following:
+            following += count
+            while following in beyond:
+                beyond.discard(following)
+                following += 1
+        else:
+            beyond.update(range(seq, seq + count))
+            if len(beyond) > MAX_OUT_OF_ORDER:
+                # Numbers missing from every partition for this long are not coming.
+                following = min(beyond)
+                while following in beyond:
+                    beyond.discard(following)
+                    following += 1
+        everywhere[lane] = (following, beyond)
         return True
 
     def _seen_before(self, key: Any) -> bool:

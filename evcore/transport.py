@@ -226,7 +226,8 @@ class StreamSubscription(Protocol):
     Delivery is at-least-once: what is read but not acknowledged is read again by the next
     owner of its partition. Messages of one partition arrive in append order. Assignment
     changes are announced through :class:`StreamOptions`' callbacks, from inside
-    ``receive`` (so on the consuming thread), before any message of a new partition.
+    ``receive`` (so on the consuming thread), before any message of a new partition; a
+    reader without a group is given every partition by ``subscribe_stream`` itself.
     """
 
     def receive(self, timeout: float | None = None) -> Sequence[IncomingMessage]:

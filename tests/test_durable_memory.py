@@ -20,7 +20,7 @@ from evcore.registry import connect
 from evcore.state import State
 from evcore.state.merge import merge_snapshots
 from evcore.state.snapshot import snapshot
-from evcore.transport import EARLIEST, StreamOptions, partition_for
+from evcore.transport import EARLIEST, Exchange, OutgoingMessage, StreamOptions, partition_for
 
 
 def _url(partitions: int = 4, **query: Any) -> str:
@@ -197,3 +197,43 @@ def test_a_reader_behind_retention_counts_the_loss_exactly() -> None:
     assert len(seen) == 110
     assert sum(receiver.stats.lost_events.values()) == 400
     assert receiver.stats.trimmed == 400
+
+
+def test_copies_for_every_partition_read_out_of_order_are_applied_once() -> None:
+    """A partition given to a reader later may be ahead of its others: its copies of
+    worker events come first, and the others' older copies must still be applied, once,
+    with nothing counted as lost."""
+    url = _url(2)
+    transport = connect(url)
+    exchange = Exchange("celeryev", "topic")
+
+    def heartbeats(partition: int, first: int, last: int) -> list[OutgoingMessage]:
+        return [
+            OutgoingMessage(
+                "worker.heartbeat",
+                json.dumps(
+                    {"type": "worker-heartbeat", "hostname": "w1", "clock": n, "timestamp": n}
+                ).encode(),
+                {"hostname": "w1", "evcore-boot": "boot/-1", "evcore-seq": n},
+                partition=partition,
+            )
+            for n in range(first, last + 1)
+        ]
+
+    seen: list[int] = []
+    receiver = Receiver(
+        url,
+        handlers={"*": lambda event: seen.append(event["timestamp"])},
+        stream=StreamOptions(start=EARLIEST),
+        sequences={"boot/-1": [6, []]},  # 1 to 5 applied before a restart
+    )
+    transport.publish(exchange, heartbeats(1, 6, 20)[10:])  # partition 1 is ahead: 16-20
+    assert receiver.capture(timeout=0.2) == 5
+    transport.publish(exchange, heartbeats(0, 6, 20))  # partition 0 catches up: 6-20
+    assert receiver.capture(timeout=0.2) == 10
+    receiver.close()
+    transport.close()
+    assert sorted(seen) == list(range(6, 21))
+    assert not receiver.stats.lost_events
+    assert receiver.stats.duplicates == 5
+    assert receiver.sequences()["boot/-1"] == [21, []]

@@ -12,7 +12,7 @@ import click
 
 from evcore.cli.common import safe_url, url_argument
 from evcore.cli.streamopts import parse_start, stream_options
-from evcore.streammonitor import StreamMonitor
+from evcore.streammonitor import StreamMonitor, tune_gc
 from evcore.transport import EARLIEST
 
 
@@ -124,6 +124,7 @@ def monitor(
             raise SystemExit(max(codes))
         return
 
+    tune_gc()
     state_options = {"max_tasks_in_memory": max_tasks} if max_tasks else {}
     keeper = StreamMonitor(
         url,
