@@ -356,7 +356,17 @@ def nats_count(config: dict[str, Any]) -> None:
         command = json.loads(line)
         if command.get("cmd") != "count":
             continue
-        time.sleep(command.get("settle", 0.3))
+        # Wait until nothing has arrived for ``settle`` seconds: the subscriber may be
+        # behind a fast publisher when the run ends.
+        settle = command.get("settle", 0.3)
+        deadline = time.monotonic() + 60
+        seen = -1
+        while time.monotonic() < deadline:
+            time.sleep(settle)
+            with lock:
+                if counts[0] == seen:
+                    break
+                seen = counts[0]
         with lock:
             (messages, events), counts[:] = counts, [0, 0]
         emit({"messages": messages, "events": events})
