@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         report.write(
             rows,
             out,
-            out.with_name("results.png"),
+            # RESULTS.md -> results.png; any other name gets a plot of its own name.
+            out.with_name("results.png") if out.name == "RESULTS.md" else out.with_suffix(".png"),
             command.strip(),
             elapsed,
             redis_version,
