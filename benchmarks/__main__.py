@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import dispatch, durable, inproc, raw, relay, report
+from benchmarks import dispatch, durable, inproc, nats, raw, relay, report
 from benchmarks.common import ROOT, Row, Settings, log, pika_parameters, settings_for
 
 SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
@@ -25,6 +25,7 @@ SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
     "raw": raw.raw_section,
     "durable": durable.durable_section,
     "relay": relay.relay_section,
+    "nats": nats.nats_section,
 }
 
 

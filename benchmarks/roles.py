@@ -7,6 +7,8 @@
 * ``e2e-dispatch``: a Dispatcher (evcore's or Celery's) that prepares its events, waits for
   ``{"cmd": "go"}`` and sends them as fast as it can.
 * ``memory``: ingests a stream into a fresh State and reports retained memory per task.
+* ``nats-count``: a NATS core subscription (evcore's adapter) answering ``{"cmd": "count"}``
+  lines like ``redis-count``.
 
 Each answers with JSON lines on stdout (see :func:`benchmarks.common.emit`).
 """
@@ -328,9 +330,53 @@ def stream_member(config: dict[str, Any]) -> None:
     )
 
 
+def nats_count(config: dict[str, Any]) -> None:
+    from evcore.transport import TOPIC, Exchange, QueueOptions
+    from evcore_nats import NatsTransport
+
+    transport = NatsTransport.from_url(config["url"])
+    subscription = transport.subscribe(
+        Exchange(config["exchange"], TOPIC), "#", QueueOptions("count")
+    )
+    counts = [0, 0]
+    lock = threading.Lock()
+
+    def read() -> None:
+        while not subscription.closed:
+            for message in subscription.receive(0.2):
+                count = events_in(message.routing_key, message.body)
+                if count:
+                    with lock:
+                        counts[0] += 1
+                        counts[1] += count
+
+    threading.Thread(target=read, daemon=True).start()
+    emit({"ready": True})
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("cmd") != "count":
+            continue
+        # Wait until nothing has arrived for ``settle`` seconds: the subscriber may be
+        # behind a fast publisher when the run ends.
+        settle = command.get("settle", 0.3)
+        deadline = time.monotonic() + 60
+        seen = -1
+        while time.monotonic() < deadline:
+            time.sleep(settle)
+            with lock:
+                if counts[0] == seen:
+                    break
+                seen = counts[0]
+        with lock:
+            (messages, events), counts[:] = counts, [0, 0]
+        emit({"messages": messages, "events": events})
+    transport.close()
+
+
 ROLES = {
     "stream-member": stream_member,
     "redis-count": redis_count,
+    "nats-count": nats_count,
     "e2e-receive": e2e_receive,
     "e2e-dispatch": e2e_dispatch,
     "memory": memory,

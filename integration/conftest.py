@@ -1,9 +1,9 @@
 """Real brokers for the integration suite.
 
 Each broker comes from a testcontainers container when a Docker engine answers, otherwise
-from ``EVCORE_REDIS_URL`` / ``EVCORE_AMQP_URL`` (defaulting to the local services). Outside
-CI an unreachable broker skips its tests with the reason; with ``CI=true`` it fails them,
-so a broken broker can never pass CI as a row of skips.
+from ``EVCORE_REDIS_URL`` / ``EVCORE_AMQP_URL`` / ``EVCORE_NATS_URL`` (defaulting to the local
+services). Outside CI an unreachable broker skips its tests with the reason; with ``CI=true``
+it fails them, so a broken broker can never pass CI as a row of skips.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ collect_ignore = ["sample_project"]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 
 
 def in_ci() -> bool:
@@ -99,6 +100,22 @@ def amqp_url(_containers: ExitStack) -> str:
     problem = reachable(url, 5672)
     if problem:
         unavailable("RabbitMQ", problem)
+    return url
+
+
+@pytest.fixture(scope="session")
+def nats_url(_containers: ExitStack) -> str:
+    """URL of a real NATS server with JetStream: a container when Docker answers, else
+    EVCORE_NATS_URL."""
+    if docker_answers():
+        from testcontainers.community.nats import NatsContainer
+
+        container = _containers.enter_context(NatsContainer("nats:2-alpine", jetstream=True))
+        return str(container.nats_uri())
+    url = os.environ.get("EVCORE_NATS_URL", DEFAULT_NATS_URL)
+    problem = reachable(url, 4222)
+    if problem:
+        unavailable("NATS", problem)
     return url
 
 
