@@ -1,0 +1,254 @@
+"""What the dashboard shows, read from a :class:`~evcore.state.State` as plain JSON data.
+
+Every string here comes from events, so from whoever can publish on the broker: it is cut
+to a bounded length and handed to the page as data (the page renders it as text). Queries
+scan the tasks once and keep only the requested page (``heapq``), so a page of a 100k-task
+State costs one pass, not a full sort.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from evcore.state import State, Task, Worker
+
+#: Longest string kept in a table row; longer ones end with an ellipsis.
+ROW_TEXT = 200
+#: Longest string kept on a task's page (args, result, traceback...).
+DETAIL_TEXT = 64 * 1024
+#: Most rows one page may ask for.
+MAX_PAGE = 500
+#: Most children listed on a task's page.
+MAX_CHILDREN = 200
+
+
+def clip(value: Any, limit: int = ROW_TEXT) -> str | None:
+    """``value`` as a string of at most ``limit`` characters (None stays None)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        return text[: limit - 1] + "\u2026"
+    return text
+
+
+def number(value: Any) -> float | None:
+    """``value`` if it is a finite number, else None (event fields are untrusted)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        result = float(value)
+    except OverflowError:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def worker_name(task: Task) -> str:
+    """The hostname of the worker a task ran on; empty for a task no worker has taken."""
+    worker = task.worker
+    if isinstance(worker, Worker):
+        return worker.hostname or ""
+    return ""
+
+
+def worker_status(worker: Worker, now: float, late_after: float = 1.0) -> str:
+    """``"online"``, ``"late"`` (a heartbeat overdue) or ``"offline"``.
+
+    A worker is late once ``late_after`` heartbeat intervals have passed without one, and
+    offline when Celery's expiry window has passed too, or after a ``worker-offline``.
+    """
+    if worker.type == "worker-offline" or not worker.heartbeats:
+        return "offline"
+    expires = worker.heartbeat_expires
+    if expires is None or now >= expires:
+        return "offline"
+    freq = number(worker.freq) or 2.0
+    if now - worker.heartbeats[-1] > freq * (1.0 + late_after):
+        return "late"
+    return "online"
+
+
+#: Task columns the table can sort by, and the sort key of each.
+SORT_KEYS: Mapping[str, Callable[[Task], Any]] = {
+    "received": lambda task: task.received or task.sent or task.timestamp or 0.0,
+    "started": lambda task: task.started or 0.0,
+    "runtime": lambda task: task.runtime if isinstance(task.runtime, (int, float)) else -1.0,
+    "name": lambda task: str(task.name or ""),
+    "state": lambda task: str(task.state or ""),
+    "worker": worker_name,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """A page of the task table: filters, sort order and window."""
+
+    search: str = ""
+    state: str = ""
+    name: str = ""
+    worker: str = ""
+    since: float | None = None
+    until: float | None = None
+    sort: str = "received"
+    descending: bool = True
+    offset: int = 0
+    limit: int = 50
+
+    def matches(self, task: Task) -> bool:
+        """Whether ``task`` passes every filter of this query."""
+        if self.state and task.state != self.state:
+            return False
+        if self.name and task.name != self.name:
+            return False
+        if self.worker and worker_name(task) != self.worker:
+            return False
+        if self.since is not None or self.until is not None:
+            when = SORT_KEYS["received"](task)
+            if self.since is not None and when < self.since:
+                return False
+            if self.until is not None and when > self.until:
+                return False
+        if self.search:
+            needle = self.search.casefold()
+            haystack = (task.uuid, task.name, task.args, task.kwargs)
+            if not any(isinstance(text, str) and needle in text.casefold() for text in haystack):
+                return False
+        return True
+
+
+def task_row(task: Task) -> dict[str, Any]:
+    """One line of the task table."""
+    return {
+        "uuid": clip(task.uuid),
+        "name": clip(task.name),
+        "state": clip(task.state),
+        "worker": clip(worker_name(task)),
+        "received": number(task.received) or number(task.sent),
+        "started": number(task.started),
+        "runtime": number(task.runtime),
+        "args": clip(task.args),
+        "exception": clip(task.exception),
+    }
+
+
+def query_tasks(state: State, query: TaskQuery) -> dict[str, Any]:
+    """The rows of one page of ``query`` and the number of tasks that match in all."""
+    key = SORT_KEYS.get(query.sort, SORT_KEYS["received"])
+    limit = max(0, min(query.limit, MAX_PAGE))
+    offset = max(0, query.offset)
+    wanted = offset + limit
+    tasks = [task for _uuid, task in state.itertasks()]
+    matching = [task for task in tasks if query.matches(task)]
+    pick = heapq.nlargest if query.descending else heapq.nsmallest
+    page = pick(wanted, matching, key=_safe(key))[offset:]
+    return {"total": len(matching), "tasks": [task_row(task) for task in page]}
+
+
+def _safe(key: Callable[[Task], Any]) -> Callable[[Task], tuple[int, Any]]:
+    """Sort values of mixed types (a hostile field) without comparing str with float."""
+
+    def safe(task: Task) -> tuple[int, Any]:
+        value = key(task)
+        if isinstance(value, str):
+            return (1, value)
+        return (0, value if isinstance(value, (int, float)) else 0.0)
+
+    return safe
+
+
+def _timeline(task: Task) -> list[dict[str, Any]]:
+    steps = []
+    for stage in (
+        "sent",
+        "received",
+        "started",
+        "succeeded",
+        "failed",
+        "retried",
+        "revoked",
+        "rejected",
+    ):
+        when = number(getattr(task, stage, None))
+        if when is not None:
+            steps.append({"stage": stage, "at": when})
+    steps.sort(key=lambda step: step["at"])
+    return steps
+
+
+def _link(task: Task | None) -> dict[str, Any] | None:
+    if task is None:
+        return None
+    return {"uuid": clip(task.uuid), "name": clip(task.name), "state": clip(task.state)}
+
+
+def task_detail(state: State, uuid: str) -> dict[str, Any] | None:
+    """Everything the task page shows, or None for a task the State does not hold."""
+    task = state.tasks.get(uuid)
+    if task is None:
+        return None
+    received, started = number(task.received), number(task.started)
+    children = sorted(task.children, key=_safe(SORT_KEYS["received"]))
+    return {
+        **task_row(task),
+        "args": clip(task.args, DETAIL_TEXT),
+        "kwargs": clip(task.kwargs, DETAIL_TEXT),
+        "result": clip(task.result, DETAIL_TEXT),
+        "exception": clip(task.exception, DETAIL_TEXT),
+        "traceback": clip(task.traceback, DETAIL_TEXT),
+        "retries": number(task.retries),
+        "eta": clip(task.eta),
+        "expires": clip(task.expires),
+        "client": clip(task.client),
+        "timeline": _timeline(task),
+        "wait": started - received if started is not None and received is not None else None,
+        "parent": _link(task.parent) or _missing(task.parent_id),
+        "root": _link(task.root) or _missing(task.root_id),
+        "children": [_link(child) for child in children[:MAX_CHILDREN]],
+        "children_total": len(children),
+    }
+
+
+def _missing(uuid: Any) -> dict[str, Any] | None:
+    """A link to a task the State no longer (or never) held: its uuid alone."""
+    if not isinstance(uuid, str) or not uuid:
+        return None
+    return {"uuid": clip(uuid), "name": None, "state": None}
+
+
+def worker_row(worker: Worker, now: float) -> dict[str, Any]:
+    """One line of the workers table."""
+    last = worker.heartbeats[-1] if worker.heartbeats else None
+    loadavg = worker.loadavg if isinstance(worker.loadavg, (list, tuple)) else []
+    return {
+        "hostname": clip(worker.hostname),
+        "status": worker_status(worker, now),
+        "last_heartbeat": last,
+        "seen_ago": now - last if last is not None else None,
+        "active": number(worker.active),
+        "processed": number(worker.processed),
+        "loadavg": [number(value) for value in loadavg[:3]],
+        "software": clip(" ".join(str(part) for part in (worker.sw_ident, worker.sw_ver) if part)),
+    }
+
+
+def workers_table(state: State, now: float | None = None) -> list[dict[str, Any]]:
+    """Every worker, sorted by hostname."""
+    now = time.time() if now is None else now
+    workers: Iterable[Worker] = list(state.workers.values())
+    rows = [worker_row(worker, now) for worker in workers]
+    rows.sort(key=lambda row: row["hostname"] or "")
+    return rows
+
+
+def worker_detail(state: State, hostname: str, recent: int = 50) -> dict[str, Any] | None:
+    """A worker's row and its most recent tasks, or None for an unknown worker."""
+    worker = state.workers.get(hostname)
+    if worker is None:
+        return None
+    page = query_tasks(state, TaskQuery(worker=hostname, limit=recent))
+    return {**worker_row(worker, time.time()), "tasks": page["tasks"], "tasks_total": page["total"]}
