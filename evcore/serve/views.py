@@ -56,10 +56,10 @@ def worker_name(task: Task) -> str:
     return ""
 
 
-def worker_status(worker: Worker, now: float, late_after: float = 1.0) -> str:
+def worker_status(worker: Worker, now: float, late_after: float = 0.25) -> str:
     """``"online"``, ``"late"`` (a heartbeat overdue) or ``"offline"``.
 
-    A worker is late once ``late_after`` heartbeat intervals have passed without one, and
+    A worker is late once its heartbeat is overdue by ``late_after`` of an interval, and
     offline when Celery's expiry window has passed too, or after a ``worker-offline``.
     """
     if worker.type == "worker-offline" or not worker.heartbeats:

@@ -1,5 +1,5 @@
 // The evcore dashboard. Everything it shows comes from events, which anyone who can publish
-// on the broker controls: it is only ever inserted as text (textContent, never innerHTML).
+// on the broker controls: it is only ever inserted as text (textContent, never as markup).
 "use strict";
 
 const view = document.getElementById("view");
