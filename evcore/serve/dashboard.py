@@ -14,8 +14,10 @@ import contextlib
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,8 @@ class DashboardSource:
     stream_lifetime: float = 300.0
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     streams: int = 0
+    #: The last tick's encoded summary and when it was made: every open stream shares it.
+    last_tick: tuple[float, bytes] = (float("-inf"), b"")
 
 
 class BadQuery(ValueError):
@@ -142,10 +146,7 @@ def overview(source: DashboardSource) -> dict[str, Any]:
     """The summary every tick carries: health, counts by state and the charts' series."""
     state, activity = source.state, source.activity
     health = source.health()
-    by_state: dict[str, int] = {}
-    for _uuid, task in state.itertasks():
-        key = task.state if isinstance(task.state, str) else "?"
-        by_state[key] = by_state.get(key, 0) + 1
+    by_state = Counter(map(attrgetter("state"), state.tasks.values()))
     return {
         "version": state.event_count,
         "health": {
@@ -153,7 +154,7 @@ def overview(source: DashboardSource) -> dict[str, Any]:
             "lost": health.lost,
             "rejected": health.rejected,
         },
-        "tasks": {"total": len(state.tasks), "by_state": by_state},
+        "tasks": {"total": len(state.tasks), "by_state": {str(k): n for k, n in by_state.items()}},
         "workers": len(state.workers),
         "rates": activity.rates(),
         "outcomes": activity.outcomes(),
@@ -162,6 +163,17 @@ def overview(source: DashboardSource) -> dict[str, Any]:
             for row in activity.percentiles()
         ],
     }
+
+
+def tick_message(source: DashboardSource) -> bytes:
+    """The current ``tick`` event, made at most once per half tick whatever the streams."""
+    made, message = source.last_tick
+    now = time.monotonic()
+    if now - made >= source.tick / 2:
+        payload = json.dumps(overview(source), separators=(",", ":"), allow_nan=False)
+        message = b"event: tick\ndata: " + payload.encode() + b"\n\n"
+        source.last_tick = (now, message)
+    return message
 
 
 def dashboard_routes(source: DashboardSource) -> list[Route | Mount]:
@@ -230,8 +242,7 @@ async def _ticks(source: DashboardSource, request: Request) -> AsyncIterator[byt
         while time.monotonic() < ends and not source.closing.is_set():
             if await request.is_disconnected():
                 return
-            payload = json.dumps(overview(source), separators=(",", ":"), allow_nan=False)
-            yield b"event: tick\ndata: " + payload.encode() + b"\n\n"
+            yield tick_message(source)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(source.closing.wait(), source.tick)
     finally:

@@ -73,11 +73,28 @@ def worker_status(worker: Worker, now: float, late_after: float = 0.25) -> str:
     return "online"
 
 
-#: Task columns the table can sort by, and the sort key of each.
+def _when(task: Task) -> float:
+    """When a task was received (or sent, or last heard of), for sorting and time filters."""
+    value = task.received or task.sent or task.timestamp
+    return float(value) if type(value) in (float, int) else 0.0
+
+
+def _runtime(task: Task) -> float:
+    value = task.runtime
+    return float(value) if type(value) in (float, int) else -1.0
+
+
+def _started(task: Task) -> float:
+    value = task.started
+    return float(value) if type(value) in (float, int) else 0.0
+
+
+#: Task columns the table can sort by, and the sort key of each (one type per column, so
+#: hostile field values never compare a string with a number).
 SORT_KEYS: Mapping[str, Callable[[Task], Any]] = {
-    "received": lambda task: task.received or task.sent or task.timestamp or 0.0,
-    "started": lambda task: task.started or 0.0,
-    "runtime": lambda task: task.runtime if isinstance(task.runtime, (int, float)) else -1.0,
+    "received": _when,
+    "started": _started,
+    "runtime": _runtime,
     "name": lambda task: str(task.name or ""),
     "state": lambda task: str(task.state or ""),
     "worker": worker_name,
@@ -99,26 +116,28 @@ class TaskQuery:
     offset: int = 0
     limit: int = 50
 
-    def matches(self, task: Task) -> bool:
-        """Whether ``task`` passes every filter of this query."""
-        if self.state and task.state != self.state:
-            return False
-        if self.name and task.name != self.name:
-            return False
-        if self.worker and worker_name(task) != self.worker:
-            return False
-        if self.since is not None or self.until is not None:
-            when = SORT_KEYS["received"](task)
-            if self.since is not None and when < self.since:
-                return False
-            if self.until is not None and when > self.until:
-                return False
+    def filters(self) -> list[Callable[[Task], bool]]:
+        """One test per filter that is set; a task must pass them all."""
+        tests: list[Callable[[Task], bool]] = []
+        if self.state:
+            tests.append(lambda task: task.state == self.state)
+        if self.name:
+            tests.append(lambda task: task.name == self.name)
+        if self.worker:
+            tests.append(lambda task: worker_name(task) == self.worker)
+        if self.since is not None:
+            tests.append(lambda task: _when(task) >= self.since)  # type: ignore[operator]
+        if self.until is not None:
+            tests.append(lambda task: _when(task) <= self.until)  # type: ignore[operator]
         if self.search:
             needle = self.search.casefold()
-            haystack = (task.uuid, task.name, task.args, task.kwargs)
-            if not any(isinstance(text, str) and needle in text.casefold() for text in haystack):
-                return False
-        return True
+            tests.append(
+                lambda task: any(
+                    isinstance(text, str) and needle in text.casefold()
+                    for text in (task.uuid, task.name, task.args, task.kwargs)
+                )
+            )
+        return tests
 
 
 def task_row(task: Task) -> dict[str, Any]:
@@ -141,24 +160,16 @@ def query_tasks(state: State, query: TaskQuery) -> dict[str, Any]:
     key = SORT_KEYS.get(query.sort, SORT_KEYS["received"])
     limit = max(0, min(query.limit, MAX_PAGE))
     offset = max(0, query.offset)
+    matching = list(state.tasks.values())
+    for test in query.filters():
+        matching = [task for task in matching if test(task)]
     wanted = offset + limit
-    tasks = [task for _uuid, task in state.itertasks()]
-    matching = [task for task in tasks if query.matches(task)]
-    pick = heapq.nlargest if query.descending else heapq.nsmallest
-    page = pick(wanted, matching, key=_safe(key))[offset:]
+    if wanted * 8 < len(matching):  # a heap of the first pages beats sorting them all
+        pick = heapq.nlargest if query.descending else heapq.nsmallest
+        page = pick(wanted, matching, key=key)[offset:]
+    else:
+        page = sorted(matching, key=key, reverse=query.descending)[offset:wanted]
     return {"total": len(matching), "tasks": [task_row(task) for task in page]}
-
-
-def _safe(key: Callable[[Task], Any]) -> Callable[[Task], tuple[int, Any]]:
-    """Sort values of mixed types (a hostile field) without comparing str with float."""
-
-    def safe(task: Task) -> tuple[int, Any]:
-        value = key(task)
-        if isinstance(value, str):
-            return (1, value)
-        return (0, value if isinstance(value, (int, float)) else 0.0)
-
-    return safe
 
 
 def _timeline(task: Task) -> list[dict[str, Any]]:
@@ -192,7 +203,7 @@ def task_detail(state: State, uuid: str) -> dict[str, Any] | None:
     if task is None:
         return None
     received, started = number(task.received), number(task.started)
-    children = sorted(task.children, key=_safe(SORT_KEYS["received"]))
+    children = sorted(task.children, key=_when)
     return {
         **task_row(task),
         "args": clip(task.args, DETAIL_TEXT),
