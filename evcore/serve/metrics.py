@@ -192,17 +192,19 @@ class EventMetrics(Collector):
         self.counters: dict[str, dict[tuple[str, ...], int]] = {t: {} for t in TASK_EVENTS}
         self.failures: dict[tuple[str, ...], int] = {}
         self.other_events: dict[tuple[str, ...], int] = {}
-        self.runtime = HistogramSeries(RUNTIME_BUCKETS, self._cap("runtime", 3))
-        self.queue_wait = HistogramSeries(WAIT_BUCKETS, self._cap("queue_wait", 3))
-        self.delivery = HistogramSeries(WAIT_BUCKETS, self._cap("delivery", 3))
+        # A histogram label set costs a line per bucket: a quarter of the sets is allowed.
+        histogram_sets = max(1, max_label_sets // 4)
+        self.runtime = HistogramSeries(RUNTIME_BUCKETS, self._cap("runtime", 3, histogram_sets))
+        self.queue_wait = HistogramSeries(WAIT_BUCKETS, self._cap("queue_wait", 2, histogram_sets))
+        self.delivery = HistogramSeries(WAIT_BUCKETS, self._cap("delivery", 2, histogram_sets))
         self._task_cap = self._cap("task", 3)
         self._failure_cap = self._cap("failure", 4)
         self._other_cap = self._cap("other", 2)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
-    def _cap(self, metric: str, width: int) -> LabelCap:
-        cap = self.caps[metric] = LabelCap(self.max_label_sets, width)
+    def _cap(self, metric: str, width: int, limit: int | None = None) -> LabelCap:
+        cap = self.caps[metric] = LabelCap(limit or self.max_label_sets, width)
         return cap
 
     # -- per event ------------------------------------------------------------------------
@@ -223,7 +225,8 @@ class EventMetrics(Collector):
         name = _label(name) if name.__class__ is str else "unknown"
         host = normalise_hostname(event.get("hostname"))
         queue = task.queue if task.queue.__class__ is str else "celery"
-        labels = (name, host, _label(queue))
+        queue = _label(queue)
+        labels = (name, host, queue)
         counts = self.counters.get(type_)
         if counts is None:
             key = self._other_cap((name, _label(type_)))
@@ -241,11 +244,11 @@ class EventMetrics(Collector):
         elif type_ == "task-started":
             started, received = _seconds(task.started), _seconds(task.received)
             if started is not None and received is not None and started >= received:
-                self.queue_wait.observe(labels, started - received)
+                self.queue_wait.observe((name, queue), started - received)
         elif type_ == "task-received":
             received, sent = _seconds(task.received), _seconds(task.sent)
             if received is not None and sent is not None:
-                self.delivery.observe(labels, max(0.0, received - sent))
+                self.delivery.observe((name, queue), max(0.0, received - sent))
 
     # -- on scrape ------------------------------------------------------------------------
 
@@ -281,12 +284,12 @@ class EventMetrics(Collector):
         yield self.queue_wait.family(
             "evcore_task_queue_wait_seconds",
             "Seconds from task-received to task-started (the worker's clock).",
-            task_labels,
+            ["name", "queue_name"],
         )
         yield self.delivery.family(
             "evcore_task_delivery_latency_seconds",
             "Seconds from task-sent (client's clock) to task-received (worker's clock).",
-            task_labels,
+            ["name", "queue_name"],
         )
         yield from self._workers()
         yield from self._state_counters()

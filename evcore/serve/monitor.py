@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from evcore.aio import DEFAULT_MAXSIZE, AsyncReceiver
 from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, SourceStats
+from evcore.serve.recent import RecentIndex
 from evcore.state import State, Task
 from evcore.state.liveness import LivenessPolicy, LossTracker, purge_offline
 from evcore.state.retention import RetentionPolicy
@@ -65,6 +66,9 @@ class Monitor:
         self.options = options = options or MonitorOptions()
         self.state = self._initial_state()
         self.losses = LossTracker(options.liveness)
+        #: Tasks newest first, for the API's default order.
+        self.recent = RecentIndex()
+        self.recent.rebuild(self.state.tasks.data)
         self.purged = 0
         self.saves = 0
         self.save_errors = 0
@@ -105,6 +109,7 @@ class Monitor:
         feed = self.state.event
         observe = self.metrics.observe
         track = self.losses.task_event
+        recent = self.recent
         for event in events:
             result = feed(event)
             if result is None:
@@ -113,6 +118,10 @@ class Monitor:
             subject = result[0]
             if subject.__class__ is tuple and subject and subject[0].__class__ is Task:
                 track(subject[0])
+                recent.add(subject[0])
+        if recent.needs_compaction(len(self.state.tasks)):
+            with self.state._lock:
+                recent.rebuild(self.state.tasks.data)
 
     def _on_loss(self, hostname: str, count: int) -> None:
         """The Receiver found a gap in ``hostname``'s sequence (called in its thread)."""
