@@ -15,6 +15,7 @@ app.conf.update(
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
+    result_backend=os.environ.get("EVCORE_SERVE_BACKEND"),
 )
 
 

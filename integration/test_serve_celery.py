@@ -12,6 +12,7 @@ shared server.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -28,6 +29,9 @@ import pytest
 from _net import free_port, wait_for
 from _redis_support import PrivateRedis
 from celery import Celery
+
+from evcore.serve.metrics import exposition
+from evcore.serve.monitor import Monitor, MonitorOptions
 
 pytestmark = pytest.mark.redis
 
@@ -299,3 +303,62 @@ def test_a_killed_worker_goes_late_then_offline_and_its_task_possibly_lost(
     metrics = httpx.get(f"{ours}/metrics", timeout=5).text
     assert f'celery_worker_up{{hostname="{name}"}} 0.0' in metrics
     assert 'evcore_tasks_marked_lost_total{reason="worker-silent"} 1.0' in metrics
+
+
+def test_lost_tasks_are_reconciled_from_celerys_redis_result_backend(
+    broker: str, environment: dict[str, str], processes: Processes
+) -> None:
+    """Results stored by a real Celery worker fill in tasks whose last events were lost."""
+    environment["EVCORE_SERVE_BACKEND"] = broker
+    processes.worker(broker, f"results-{uuid.uuid4().hex[:6]}@localhost")
+    app = Celery(broker=broker, backend=broker)
+    app.conf.task_default_queue = environment["EVCORE_SERVE_QUEUE"]
+    try:
+        ok = app.send_task("serve_celery_app.add", args=(2, 3))
+        failing = app.send_task("serve_celery_app.boom")
+        assert ok.get(timeout=DEADLINE) == 5
+        with pytest.raises(Exception, match="boom"):
+            failing.get(timeout=DEADLINE)
+    finally:
+        app.close()
+
+    # A monitor that saw the tasks start on a worker that then went silent.
+    monitor = Monitor(None, MonitorOptions(result_backend=broker))
+    silent = time.time() - 60
+    events = [
+        {
+            "type": "worker-heartbeat",
+            "hostname": "ghost@x",
+            "freq": 2.0,
+            "timestamp": silent,
+            "local_received": silent,
+            "clock": 1,
+        },
+    ]
+    for number, task_id in enumerate((ok.id, failing.id, "never-stored")):
+        events.append(
+            {
+                "type": "task-started",
+                "uuid": task_id,
+                "hostname": "ghost@x",
+                "name": "serve_celery_app.x",
+                "timestamp": silent,
+                "local_received": silent,
+                "clock": 2 + number,
+            }
+        )
+    monitor.apply(events)
+    assert monitor.sweep() == 3
+    assert asyncio.run(monitor.reconcile()) == 2
+    tasks = monitor.state.tasks
+    assert (tasks[ok.id].state, tasks[ok.id].result) == ("SUCCESS", "5")
+    assert tasks[failing.id].state == "FAILURE"
+    assert tasks[failing.id].exception == "ValueError('boom')"
+    assert "Traceback" in tasks[failing.id].traceback
+    assert set(monitor.losses.lost) == {"never-stored"}
+    assert monitor.reconciler is not None
+    assert monitor.reconciler.reconciled == {"SUCCESS": 1, "FAILURE": 1}
+    assert asyncio.run(monitor.reconcile()) == 0  # not asked again right away
+    metrics = exposition(monitor.metrics).decode()
+    assert 'evcore_tasks_reconciled_total{state="SUCCESS"} 1.0' in metrics
+    monitor.reconciler.source.close()

@@ -3,15 +3,19 @@ budget and the state file."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 from _serve_support import event, lifecycle, monitor_app
 from starlette.testclient import TestClient
 
+from evcore.errors import ConfigurationError
 from evcore.serve.monitor import Monitor, MonitorOptions
+from evcore.serve.reconcile import Reconciler, open_results
 from evcore.state import State
 from evcore.state.liveness import (
     LATE,
@@ -180,3 +184,52 @@ def test_housekeeping_runs_purge_and_retention() -> None:
     assert "gone@example" not in monitor.state.workers
     assert "a" not in monitor.state.tasks
     assert monitor.purged == 2  # w1 and gone
+
+
+class StoredResults:
+    """A result source over a dict of raw documents (the backend's side is tested on a real
+    Redis in integration/test_serve_celery.py)."""
+
+    def __init__(self, documents: dict[str, bytes]) -> None:
+        self.documents = documents
+
+    def fetch(self, task_ids: Sequence[str]) -> Mapping[str, bytes]:
+        return {uuid: self.documents[uuid] for uuid in task_ids if uuid in self.documents}
+
+    def close(self) -> None:
+        self.documents.clear()
+
+
+def test_reconciliation_takes_only_final_well_formed_documents() -> None:
+    monitor, app = monitor_app(liveness=LivenessPolicy(lost_after=0))
+    silent = time.time() - 60
+    names = ["ok", "revoked", "pending", "junk", "huge", "list", "nostatus"]
+    monitor.apply([event("worker-heartbeat", "ghost@x", freq=2.0, at=silent)])
+    monitor.apply(
+        [event("task-started", "ghost@x", uuid=name, name="p.x", at=silent) for name in names]
+    )
+    assert monitor.sweep() == len(names)
+    documents = {
+        "ok": b'{"status": "SUCCESS", "result": [1, 2], "date_done": "2026-01-01T00:00:00"}',
+        "revoked": b'{"status": "REVOKED", "result": null}',
+        "pending": b'{"status": "STARTED", "result": null}',
+        "junk": b"\x80not json",
+        "huge": b'{"status": "SUCCESS", "result": "' + b"x" * 2_000_000 + b'"}',
+        "list": b"[1, 2]",
+        "nostatus": b'{"result": 1}',
+    }
+    monitor.reconciler = Reconciler(StoredResults(documents))
+    assert asyncio.run(monitor.reconcile()) == 2
+    tasks = monitor.state.tasks
+    assert (tasks["ok"].state, tasks["ok"].result) == ("SUCCESS", "[1, 2]")
+    assert tasks["ok"].succeeded == 1767225600.0  # date_done, UTC
+    assert tasks["revoked"].state == "REVOKED"
+    assert set(monitor.losses.lost) == {"pending", "junk", "huge", "list", "nostatus"}
+    info = TestClient(app).get("/api/task/info/ok").json()
+    assert info["reconciled"] is True and "possibly_lost" not in info
+    assert "reconciled" not in TestClient(app).get("/api/task/info/pending").json()
+
+
+def test_only_redis_result_backends() -> None:
+    with pytest.raises(ConfigurationError, match="only redis"):
+        open_results("db+postgresql://localhost/results")

@@ -130,6 +130,12 @@ def _load_serve() -> SimpleNamespace:
     help="Label sets per metric before new ones go to the overflow series.",
 )
 @click.option(
+    "--result-backend",
+    envvar="EVCORE_RESULT_BACKEND",
+    metavar="URL",
+    help="Celery's Redis result backend: fill in the final state of possibly lost tasks.",
+)
+@click.option(
     "--ready-max-lag",
     type=click.FloatRange(min=0),
     default=5.0,
@@ -155,6 +161,7 @@ def serve(
     save_interval: float,
     max_label_sets: int,
     ready_max_lag: float,
+    result_backend: str | None,
 ) -> None:
     """Serve Prometheus metrics and a Flower-compatible REST API for the cluster at URL.
 
@@ -186,6 +193,7 @@ def serve(
         max_label_sets=max_label_sets,
         ready_max_lag=ready_max_lag,
         state_file=state_file,
+        result_backend=result_backend,
         save_interval=save_interval,
     )
     monitor = web.monitor.Monitor(url, options)

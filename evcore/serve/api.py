@@ -88,13 +88,18 @@ def _all(value: str | None) -> str | None:
     return None if value is None or value == "All" else value
 
 
-def task_dict(task: Task, lost: Mapping[str, str]) -> dict[str, Any]:
+def task_dict(
+    task: Task, lost: Mapping[str, str], reconciled: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Flower's JSON of a task (Celery's ``as_dict`` with the worker as its hostname),
-    plus ``possibly_lost`` (the reason) when evcore marked the task."""
+    plus ``possibly_lost`` (the reason) when evcore marked the task and ``reconciled``
+    (true) when its final state came from the result backend."""
     data = task.as_dict()
     reason = lost.get(task.uuid)
     if reason is not None:
         data["possibly_lost"] = reason
+    if reconciled and task.uuid in reconciled:
+        data["reconciled"] = True
     return data
 
 
@@ -295,7 +300,8 @@ class TaskAPI:
                 page = select_tasks(list(state.tasks.data.values()), **options)
             else:
                 page = newest_tasks(monitor.recent, state.tasks.data, **options)
-            answer = {task.uuid: task_dict(task, monitor.losses.lost) for task in page}
+            lost, reconciled = monitor.losses.lost, monitor.reconciled()
+            answer = {task.uuid: task_dict(task, lost, reconciled) for task in page}
         return json_response(answer)
 
     async def task_info(self, request: Request) -> Response:
@@ -307,7 +313,8 @@ class TaskAPI:
             task = state.tasks.data.get(uuid)
             if task is None:
                 return error(404, f"Unknown task '{uuid}'")
-            return json_response(task_dict(task, self.monitor.losses.lost))
+            monitor = self.monitor
+            return json_response(task_dict(task, monitor.losses.lost, monitor.reconciled()))
 
     async def task_types(self, request: Request) -> Response:
         return json_response({"task-types": self.monitor.state.task_types()})

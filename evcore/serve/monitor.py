@@ -16,8 +16,10 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from evcore.aio import DEFAULT_MAXSIZE, AsyncReceiver
+from evcore.errors import ConnectionLost
 from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, SourceStats
 from evcore.serve.recent import RecentIndex
+from evcore.serve.reconcile import Reconciler, apply_document, open_results, parse_document
 from evcore.state import State, Task
 from evcore.state.liveness import LivenessPolicy, LossTracker, purge_offline
 from evcore.state.retention import RetentionPolicy
@@ -50,6 +52,8 @@ class MonitorOptions:
     save_interval: float = 60.0
     #: Receiver options (``routing_key``, ``queue_max_length``...).
     receiver_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Celery's result backend (``redis://...``), read to reconcile possibly lost tasks.
+    result_backend: str | None = None
 
 
 class Monitor:
@@ -69,6 +73,9 @@ class Monitor:
         #: Tasks newest first, for the API's default order.
         self.recent = RecentIndex()
         self.recent.rebuild(self.state.tasks.data)
+        self.reconciler: Reconciler | None = None
+        if options.result_backend is not None:
+            self.reconciler = Reconciler(open_results(options.result_backend))
         self.purged = 0
         self.saves = 0
         self.save_errors = 0
@@ -154,6 +161,8 @@ class Monitor:
         self._tasks = []
         if self.receiver is not None:
             await self.receiver.aclose()
+        if self.reconciler is not None:
+            self.reconciler.source.close()
         if self.options.state_file is not None:
             await asyncio.to_thread(self.save)
 
@@ -167,6 +176,48 @@ class Monitor:
         while True:
             await asyncio.sleep(interval)
             self.sweep()
+            if self.reconciler is not None and self.losses.lost:
+                await self.reconcile()
+
+    async def reconcile(self) -> int:
+        """Ask the result backend about possibly lost tasks (a batch, in a thread) and give
+        those it knows their final state; returns how many were reconciled."""
+        reconciler = self.reconciler
+        if reconciler is None:
+            return 0
+        due = reconciler.due(self.losses.lost)
+        if not due:
+            return 0
+        try:
+            documents = await asyncio.to_thread(reconciler.source.fetch, due)
+        except ConnectionLost as exc:
+            reconciler.errors += 1
+            logger.warning("%s", exc)
+            return 0
+        return self.apply_results(documents)
+
+    def apply_results(self, documents: Mapping[str, bytes]) -> int:
+        """Apply result documents (raw, by task id) to the possibly lost tasks."""
+        reconciler = self.reconciler
+        if reconciler is None:
+            return 0
+        done = 0
+        state = self.state
+        with state._lock:
+            for uuid, raw in documents.items():
+                task = state.tasks.data.get(uuid)
+                document = parse_document(raw)
+                if task is None or document is None or uuid not in self.losses.lost:
+                    continue
+                status = apply_document(task, document)
+                if status is None:
+                    continue
+                del self.losses.lost[uuid]
+                self.losses.task_event(task)  # finished: no longer unfinished
+                self.recent.add(task)
+                reconciler.record(uuid, status)
+                done += 1
+        return done
 
     async def _housekeeping(self) -> None:
         options = self.options
@@ -209,6 +260,10 @@ class Monitor:
             self.saves += 1
 
     # -- what it tells --------------------------------------------------------------------
+
+    def reconciled(self) -> Mapping[str, str]:
+        """Task ids reconciled from the result backend (the most recent ones), by state."""
+        return {} if self.reconciler is None else self.reconciler.remembered
 
     @property
     def connected(self) -> bool:
@@ -279,6 +334,20 @@ class Monitor:
         yield CounterMetricFamily(
             "evcore_workers_purged", "Offline workers purged.", value=self.purged
         )
+        if self.reconciler is not None:
+            reconciled = CounterMetricFamily(
+                "evcore_tasks_reconciled",
+                "Possibly lost tasks given their final state from the result backend.",
+                labels=["state"],
+            )
+            for status, count in list(self.reconciler.reconciled.items()):
+                reconciled.add_metric([status], count)
+            yield reconciled
+            yield CounterMetricFamily(
+                "evcore_result_backend_errors",
+                "Reads of the result backend that failed.",
+                value=self.reconciler.errors,
+            )
 
     def status(self) -> dict[str, Any]:
         """A summary for ``/api/evcore``."""
