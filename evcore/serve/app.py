@@ -3,6 +3,7 @@ runs it, so tests drive it in-process and other front ends can extend it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
@@ -84,7 +85,10 @@ def create_app(
         return json_response(detail, 200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
-        return Response(exposition(monitor.metrics), media_type=CONTENT_TYPE_LATEST)
+        # Rendered in a thread: with thousands of series it takes tens of milliseconds,
+        # during which the loop keeps applying events and answering the API.
+        body = await asyncio.to_thread(exposition, monitor.metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def index(request: Request) -> Response:
         return json_response({"service": "evcore serve", "endpoints": list(ENDPOINTS)})

@@ -168,6 +168,9 @@ def _seconds(value: Any) -> float | None:
 class EventMetrics(Collector):
     """Counts task events as they are applied and reads workers from the State on scrape.
 
+    :meth:`observe` runs where events are applied (the event loop); :meth:`collect` may run
+    in another thread: it reads copies of the counters, taken atomically.
+
     Names and labels follow celery-exporter where they overlap (``celery_task_*_total``
     with ``name``, ``hostname``, ``queue_name``; ``celery_task_runtime``;
     ``celery_worker_up``; ``celery_worker_tasks_active``); evcore's own are ``evcore_*``.
@@ -200,6 +203,7 @@ class EventMetrics(Collector):
         self._task_cap = self._cap("task", 3)
         self._failure_cap = self._cap("failure", 4)
         self._other_cap = self._cap("other", 2)
+        self._lost_cap = self._cap("lost", 1)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -372,7 +376,7 @@ class EventMetrics(Collector):
             labels=["sender"],
         )
         senders = source.lost if source.lost is not None else state.lost_events
-        cap = self.caps.setdefault("lost", LabelCap(self.max_label_sets, 1))
+        cap = self._lost_cap
         totals: dict[tuple[str, ...], int] = {}
         for sender, count in list(senders.items()):
             key = cap((normalise_hostname(sender),))
