@@ -150,6 +150,13 @@ def test_memory_budget_evicts_oldest_and_counts() -> None:
     assert policy.budget_evictions == evicted
     assert estimate_task_bytes(state) <= full // 2
     assert "t1999" in state.tasks and "t0" not in state.tasks  # least recent went first
+    # The budget is now also the State's count limit: new tasks evict on arrival.
+    limit = state.max_tasks_in_memory
+    assert limit is not None and limit == len(state.tasks)
+    for number in range(2000, 2500):
+        state.event(event("task-received", uuid=f"t{number}", name="proj.add", args="x" * 200))
+    assert len(state.tasks) == limit
+    assert estimate_task_bytes(state) <= full // 2
     assert policy.fit_budget(state) == 0
 
 

@@ -240,7 +240,7 @@ class Monitor:
         for hostname in purge_offline(self.state, self.options.liveness, now):
             self.losses.forget_worker(hostname)
             self.purged += 1
-        self.options.retention.apply(self.state, now)
+        self.options.retention.apply(self.state, now, self.options.max_tasks)
 
     def save(self) -> None:
         """Write the State's JSON snapshot to the state file, atomically."""

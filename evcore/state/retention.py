@@ -47,9 +47,10 @@ class RetentionPolicy:
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ValueError("memory_budget must be positive")
 
-    def apply(self, state: State, now: float | None = None) -> int:
-        """Remove expired tasks, then evict to fit the budget; returns how many went."""
-        return self.expire(state, now) + self.fit_budget(state)
+    def apply(self, state: State, now: float | None = None, max_tasks: int | None = None) -> int:
+        """Remove expired tasks, then evict to fit the budget; returns how many went.
+        ``max_tasks`` is the configured count limit (see :meth:`fit_budget`)."""
+        return self.expire(state, now) + self.fit_budget(state, max_tasks)
 
     def expire(self, state: State, now: float | None = None) -> int:
         """Remove tasks older than their state's ``max_age``."""
@@ -70,17 +71,23 @@ class RetentionPolicy:
                     removed += 1
         return removed
 
-    def fit_budget(self, state: State) -> int:
-        """Evict the least recently used tasks while the estimate exceeds the budget."""
+    def fit_budget(self, state: State, max_tasks: int | None = None) -> int:
+        """Evict the least recently used tasks while the estimate exceeds the budget.
+
+        The budget also becomes the State's task count limit (the smaller of ``max_tasks``
+        and what the budget holds at the estimated size per task), so that the State
+        itself evicts on arrival until the next estimate.
+        """
         with state._lock:
             self.estimated_bytes = estimate_task_bytes(state)
             budget = self.memory_budget
-            if budget is None or self.estimated_bytes <= budget:
-                return 0
             count = len(state.tasks)
-            per_task = self.estimated_bytes / max(count, 1)
-            # Leave 5% of room so that the budget is not hit again at the next event.
-            keep = int(budget * 0.95 / per_task)
+            if budget is None or not count:
+                return 0
+            per_task = self.estimated_bytes / count
+            # Leave 5% of room: sizes vary between two estimates.
+            keep = max(1, int(budget * 0.95 / per_task))
+            state.max_tasks_in_memory = keep if not max_tasks else min(max_tasks, keep)
             evict = max(0, count - keep)
             for uuid, _task in list(islice(state.itertasks(), evict)):
                 del state.tasks[uuid]
