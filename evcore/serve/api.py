@@ -293,28 +293,34 @@ class TaskAPI:
             }
         except BadRequest as exc:
             return error(400, str(exc))
+        return json_response(self.monitor.state.freeze_while(self._page, options))
+
+    def _page(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The answer of ``/api/tasks``, built while ingestion is paused."""
         monitor = self.monitor
-        state = monitor.state
-        with state._lock:
-            if options["sort_by"] or options["received_start"] or options["received_end"]:
-                page = select_tasks(list(state.tasks.data.values()), **options)
-            else:
-                page = newest_tasks(monitor.recent, state.tasks.data, **options)
-            lost, reconciled = monitor.losses.lost, monitor.reconciled()
-            answer = {task.uuid: task_dict(task, lost, reconciled) for task in page}
-        return json_response(answer)
+        tasks = monitor.state.tasks.data
+        if options["sort_by"] or options["received_start"] or options["received_end"]:
+            page = select_tasks(list(tasks.values()), **options)
+        else:
+            page = newest_tasks(monitor.recent, tasks, **options)
+        lost, reconciled = monitor.losses.lost, monitor.reconciled()
+        return {task.uuid: task_dict(task, lost, reconciled) for task in page}
 
     async def task_info(self, request: Request) -> Response:
         uuid = request.path_params["uuid"]
         if len(uuid) > MAX_PARAMETER:
             return error(404, "Unknown task")
-        state = self.monitor.state
-        with state._lock:
-            task = state.tasks.data.get(uuid)
-            if task is None:
-                return error(404, f"Unknown task '{uuid}'")
-            monitor = self.monitor
-            return json_response(task_dict(task, monitor.losses.lost, monitor.reconciled()))
+        data = self.monitor.state.freeze_while(self._info, uuid)
+        if data is None:
+            return error(404, f"Unknown task '{uuid}'")
+        return json_response(data)
+
+    def _info(self, uuid: str) -> dict[str, Any] | None:
+        monitor = self.monitor
+        task = monitor.state.tasks.data.get(uuid)
+        if task is None:
+            return None
+        return task_dict(task, monitor.losses.lost, monitor.reconciled())
 
     async def task_types(self, request: Request) -> Response:
         return json_response({"task-types": self.monitor.state.task_types()})

@@ -127,8 +127,7 @@ class Monitor:
                 track(subject[0])
                 recent.add(subject[0])
         if recent.needs_compaction(len(self.state.tasks)):
-            with self.state._lock:
-                recent.rebuild(self.state.tasks.data)
+            self.state.freeze_while(recent.rebuild, self.state.tasks.data)
 
     def _on_loss(self, hostname: str, count: int) -> None:
         """The Receiver found a gap in ``hostname``'s sequence (called in its thread)."""
@@ -167,9 +166,13 @@ class Monitor:
             await asyncio.to_thread(self.save)
 
     async def _ingest(self, receiver: AsyncReceiver) -> None:
-        async for batch in receiver.batches(INGEST_BATCH):
-            self.apply(batch)
-            await asyncio.sleep(0)  # let requests in between two batches
+        try:
+            async for batch in receiver.batches(INGEST_BATCH):
+                self.apply(batch)
+                await asyncio.sleep(0)  # let requests in between two batches
+        except Exception:
+            # /readyz turns 503 (the receiver is no longer connected); say why once here.
+            logger.exception("evcore serve stopped applying events")
 
     async def _sweep(self) -> None:
         interval = self.options.sweep_interval
@@ -201,22 +204,24 @@ class Monitor:
         reconciler = self.reconciler
         if reconciler is None:
             return 0
+        return self.state.freeze_while(self._apply_results, reconciler, documents)
+
+    def _apply_results(self, reconciler: Reconciler, documents: Mapping[str, bytes]) -> int:
         done = 0
-        state = self.state
-        with state._lock:
-            for uuid, raw in documents.items():
-                task = state.tasks.data.get(uuid)
-                document = parse_document(raw)
-                if task is None or document is None or uuid not in self.losses.lost:
-                    continue
-                status = apply_document(task, document)
-                if status is None:
-                    continue
-                del self.losses.lost[uuid]
-                self.losses.task_event(task)  # finished: no longer unfinished
-                self.recent.add(task)
-                reconciler.record(uuid, status)
-                done += 1
+        tasks = self.state.tasks.data
+        for uuid, raw in documents.items():
+            task = tasks.get(uuid)
+            document = parse_document(raw)
+            if task is None or document is None or uuid not in self.losses.lost:
+                continue
+            status = apply_document(task, document)
+            if status is None:
+                continue
+            del self.losses.lost[uuid]
+            self.losses.task_event(task)  # finished: no longer unfinished
+            self.recent.add(task)
+            reconciler.record(uuid, status)
+            done += 1
         return done
 
     async def _housekeeping(self) -> None:

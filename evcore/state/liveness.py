@@ -7,7 +7,7 @@ sender's, so a worker whose clock drifts is judged by when its events arrived.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -153,34 +153,32 @@ class LossTracker:
     def sweep(self, state: State, now: float | None = None) -> int:
         """Mark tasks possibly lost; returns how many were newly marked."""
         now = time.time() if now is None else now
-        policy = self.policy
+        return state.freeze_while(self._sweep, state.tasks.data, state.workers.data, now)
+
+    def _sweep(self, tasks: Mapping[str, Task], workers: Mapping[str, Worker], now: float) -> int:
         marked = 0
-        with state._lock:
-            tasks = state._tasks
-            for hostname, unfinished in list(self._unfinished.items()):
-                for uuid in list(unfinished):
-                    task = tasks.get(uuid)
-                    if task is None or task.state in READY_STATES:
-                        del unfinished[uuid]
-                if not unfinished:
-                    del self._unfinished[hostname]
-                    self._gaps.pop(hostname, None)
+        for hostname, unfinished in list(self._unfinished.items()):
+            for uuid in list(unfinished):
+                task = tasks.get(uuid)
+                if task is None or task.state in READY_STATES:
+                    del unfinished[uuid]
+            if not unfinished:
+                del self._unfinished[hostname]
+                self._gaps.pop(hostname, None)
+                continue
+            reason, since = self._silence(workers.get(hostname), hostname, now)
+            if reason is None or now - since < self.policy.lost_after:
+                continue
+            for uuid in unfinished:
+                if uuid in self.lost:
                     continue
-                worker = state._workers.get(hostname)
-                reason, since = self._silence(worker, hostname, now)
-                if reason is None or now - since < policy.lost_after:
+                if reason == STREAM_GAP and _received_at(tasks[uuid]) > since:
                     continue
-                for uuid in unfinished:
-                    if uuid in self.lost:
-                        continue
-                    task = tasks[uuid]
-                    if reason == STREAM_GAP and _received_at(task) > since:
-                        continue
-                    self.lost[uuid] = reason
-                    self.marked[reason] = self.marked.get(reason, 0) + 1
-                    marked += 1
-            for uuid in [uuid for uuid in self.lost if uuid not in tasks]:
-                del self.lost[uuid]
+                self.lost[uuid] = reason
+                self.marked[reason] = self.marked.get(reason, 0) + 1
+                marked += 1
+        for uuid in [uuid for uuid in self.lost if uuid not in tasks]:
+            del self.lost[uuid]
         return marked
 
     def _silence(
@@ -201,10 +199,6 @@ class LossTracker:
         self._unfinished.pop(hostname, None)
         self._gaps.pop(hostname, None)
 
-    def iter_lost(self) -> Iterator[tuple[str, str]]:
-        """``(uuid, reason)`` of the tasks marked possibly lost now."""
-        return iter(list(self.lost.items()))
-
 
 def _received_at(task: Task) -> float:
     received = task.local_received
@@ -215,14 +209,18 @@ def purge_offline(state: State, policy: LivenessPolicy, now: float | None = None
     """Remove workers offline for longer than ``policy.purge_after``; their hostnames."""
     if policy.purge_after is None:
         return []
-    now = time.time() if now is None else now
-    purged = []
-    with state._lock:
-        for hostname, worker in list(state._workers.items()):
-            alive = liveness(worker, policy, now)
+    moment = time.time() if now is None else now
+    limit = policy.purge_after
+
+    def purge() -> list[str]:
+        purged = []
+        for hostname, worker in list(state.workers.data.items()):
+            alive = liveness(worker, policy, moment)
             if alive.status != OFFLINE:
                 continue
-            if alive.seen_ago is None or alive.seen_ago > policy.purge_after:
-                del state._workers[hostname]
+            if alive.seen_ago is None or alive.seen_ago > limit:
+                del state.workers[hostname]
                 purged.append(hostname)
-    return purged
+        return purged
+
+    return state.freeze_while(purge)

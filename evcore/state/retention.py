@@ -56,19 +56,20 @@ class RetentionPolicy:
         """Remove tasks older than their state's ``max_age``."""
         if not self.max_age:
             return 0
-        now = time.time() if now is None else now
+        return state.freeze_while(self._expire, state, time.time() if now is None else now)
+
+    def _expire(self, state: State, now: float) -> int:
         max_age = self.max_age
         removed = 0
-        with state._lock:
-            for uuid, task in state.itertasks():
-                limit = max_age.get(task.state)
-                if limit is None:
-                    continue
-                seen = _seen(task)
-                if seen is not None and now - seen > limit:
-                    del state.tasks[uuid]
-                    self.expired[task.state] = self.expired.get(task.state, 0) + 1
-                    removed += 1
+        for uuid, task in state.itertasks():
+            limit = max_age.get(task.state)
+            if limit is None:
+                continue
+            seen = _seen(task)
+            if seen is not None and now - seen > limit:
+                del state.tasks[uuid]
+                self.expired[task.state] = self.expired.get(task.state, 0) + 1
+                removed += 1
         return removed
 
     def fit_budget(self, state: State, max_tasks: int | None = None) -> int:
@@ -78,22 +79,24 @@ class RetentionPolicy:
         and what the budget holds at the estimated size per task), so that the State
         itself evicts on arrival until the next estimate.
         """
-        with state._lock:
-            self.estimated_bytes = estimate_task_bytes(state)
-            budget = self.memory_budget
-            count = len(state.tasks)
-            if budget is None or not count:
-                return 0
-            per_task = self.estimated_bytes / count
-            # Leave 5% of room: sizes vary between two estimates.
-            keep = max(1, int(budget * 0.95 / per_task))
-            state.max_tasks_in_memory = keep if not max_tasks else min(max_tasks, keep)
-            evict = max(0, count - keep)
-            for uuid, _task in list(islice(state.itertasks(), evict)):
-                del state.tasks[uuid]
-            self.budget_evictions += evict
-            self.estimated_bytes = int(per_task * (count - evict))
-            return evict
+        return state.freeze_while(self._fit_budget, state, max_tasks)
+
+    def _fit_budget(self, state: State, max_tasks: int | None) -> int:
+        self.estimated_bytes = estimate_task_bytes(state)
+        budget = self.memory_budget
+        count = len(state.tasks)
+        if budget is None or not count:
+            return 0
+        per_task = self.estimated_bytes / count
+        # Leave 5% of room: sizes vary between two estimates.
+        keep = max(1, int(budget * 0.95 / per_task))
+        state.max_tasks_in_memory = keep if not max_tasks else min(max_tasks, keep)
+        evict = max(0, count - keep)
+        for uuid, _task in list(islice(state.itertasks(), evict)):
+            del state.tasks[uuid]
+        self.budget_evictions += evict
+        self.estimated_bytes = int(per_task * (count - evict))
+        return evict
 
 
 def _seen(task: Task) -> float | None:
@@ -130,12 +133,15 @@ def _value_bytes(value: Any) -> int:
 def estimate_task_bytes(state: State, sample: int = SAMPLE_SIZE) -> int:
     """The estimated bytes of the tasks in ``state``: the average of a sample of the most
     recent ones times their number."""
-    with state._lock:
-        count = len(state.tasks)
-        if not count:
-            return 0
+
+    def take() -> list[Task]:
         tasks = state.tasks.data
-        step = max(1, count // sample)
-        sampled = list(islice(reversed(tasks.values()), 0, None, step))[:sample]
+        step = max(1, len(tasks) // sample)
+        return list(islice(reversed(tasks.values()), 0, None, step))[:sample]
+
+    sampled = state.freeze_while(take)
+    if not sampled:
+        return 0
+    count = len(state.tasks)
     total = sum(task_bytes(task) for task in sampled)
     return int(total / len(sampled) * count)
