@@ -40,6 +40,7 @@ def main() -> None:
         None,
         MonitorOptions(max_tasks=None, retention=RetentionPolicy(memory_budget=args.budget)),
     )
+    baseline = rss()
     hosts = [f"celery@worker-{number:03d}" for number in range(200)]
     rows: list[dict[str, Any]] = []
     began = time.perf_counter()
@@ -112,6 +113,7 @@ def main() -> None:
         axis.plot(lifecycles, [row["rss_mib"] for row in rows], label="process RSS")
         axis.plot(lifecycles, [row["estimated_mib"] for row in rows], label="State estimate")
         axis.axhline(args.budget / 2**20, linestyle="--", color="grey", label="budget")
+        axis.axhline(baseline / 2**20, linestyle=":", color="black", label="RSS before")
         axis.set_xlabel("task lifecycles (thousands)")
         axis.set_ylabel("MiB")
         axis.set_title("evcore serve: memory under a budget")
@@ -125,7 +127,8 @@ def main() -> None:
         f"{time.perf_counter() - began:.0f} s; budget {args.budget / 2**20:.0f} MiB"
     )
     print(
-        f"RSS: first sample {rows[0]['rss_mib']} MiB, peak {peak} MiB, last "
+        f"RSS: before {baseline / 2**20:.1f} MiB, first sample {rows[0]['rss_mib']} MiB, "
+        f"peak {peak} MiB, last "
         f"{last['rss_mib']} MiB; State estimate last {last['estimated_mib']} MiB with "
         f"{last['tasks']:,} tasks; {last['budget_evictions']:,} budget evictions"
     )

@@ -171,13 +171,20 @@ def test_state_file_saved_on_stop_and_restored_with_limits(tmp_path: Path, bus_u
     assert len(restored.state.tasks) == 10  # the new limit is applied
     assert "t49" in restored.state.tasks
     assert restored.state.max_tasks_in_memory == 10
+    # Tasks restored unfinished are tracked: their silent worker makes them possibly lost.
+    restored.apply([event("task-started", "w9@example", uuid="stuck", name="p.x", at=1000.0)])
+    restored.save()
+    again = Monitor(bus_url, MonitorOptions(state_file=path, max_tasks=10))
+    assert again.losses.unfinished("w9@example") == 1
+    assert again.sweep() == 1
 
 
 def test_a_bad_state_file_starts_empty(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    path.write_text("{not json")
-    monitor = Monitor(None, MonitorOptions(state_file=path))
-    assert len(monitor.state.tasks) == 0
+    for text in ("{not json", '{"format": "evcore.state", "version": 1, "tasks": [{}]}'):
+        path.write_text(text)
+        monitor = Monitor(None, MonitorOptions(state_file=path))
+        assert len(monitor.state.tasks) == 0
 
 
 def test_housekeeping_runs_purge_and_retention() -> None:

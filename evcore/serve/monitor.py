@@ -60,7 +60,7 @@ class Monitor:
     """A State fed from ``url`` through an :class:`~evcore.aio.AsyncReceiver`, with metrics.
 
     ``apply(events)`` feeds events directly (tests, or a source of one's own);
-    ``run()`` consumes from the broker until :meth:`stop`.
+    :meth:`start` consumes from the broker until :meth:`stop`.
     """
 
     def __init__(
@@ -73,6 +73,8 @@ class Monitor:
         #: Tasks newest first, for the API's default order.
         self.recent = RecentIndex()
         self.recent.rebuild(self.state.tasks.data)
+        for task in self.state.tasks.data.values():  # restored tasks still unfinished
+            self.losses.task_event(task)
         self.reconciler: Reconciler | None = None
         if options.result_backend is not None:
             self.reconciler = Reconciler(open_results(options.result_backend))
@@ -100,7 +102,7 @@ class Monitor:
         if path is not None and path.exists():
             try:
                 state = State.from_json(path.read_bytes(), **limits)
-            except (OSError, SnapshotError, ValueError) as exc:
+            except (OSError, SnapshotError, ValueError, KeyError, TypeError) as exc:
                 logger.warning("could not restore the state from %s: %s", path, exc)
             else:
                 logger.info("restored %d tasks from %s", len(state.tasks), path)
