@@ -193,6 +193,11 @@ class Receiver:
                 return
             time.sleep(min(left, 0.05))
 
+    @property
+    def connected(self) -> bool:
+        """Whether the receiver holds a subscription now (False while it reconnects)."""
+        return self._subscription is not None
+
     # -- consuming ------------------------------------------------------------------------
 
     def itercapture(

@@ -11,6 +11,7 @@ from evcore import __version__
 from evcore.cli.common import EvcoreGroup, configure_logging
 from evcore.cli.demo import demo
 from evcore.cli.dump import dump
+from evcore.cli.serve import serve
 from evcore.cli.top import top
 from evcore.cli.transports_cmd import transports
 
@@ -31,6 +32,7 @@ cli.add_command(demo)
 cli.add_command(top)
 cli.add_command(dump)
 cli.add_command(transports)
+cli.add_command(serve)
 
 
 def main() -> None:

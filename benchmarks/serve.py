@@ -1,0 +1,279 @@
+"""``evcore serve`` under load: ``python -m benchmarks.serve [--quick]``.
+
+1. A State of 100k tasks (received, started, succeeded) on 1,000 workers with heartbeats,
+   20 task names, fed through the service's own path (``Monitor.apply``).
+2. The service runs in this process (uvicorn on a free port, as ``evcore serve`` does); a
+   load generator in another process (``benchmarks/serve_load.py``) measures ``/metrics``
+   scrapes and ``/api/tasks?limit=100`` latencies with concurrent clients.
+3. The ingest cost of serving: events published on ``memory://`` and consumed through the
+   AsyncReceiver into the State, with and without a client scraping once a second and
+   querying the API, alternated, medians reported.
+
+Prints a Markdown report; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from evcore import Dispatcher
+from evcore.serve.app import create_app
+from evcore.serve.metrics import exposition
+from evcore.serve.monitor import Monitor, MonitorOptions
+
+HERE = Path(__file__).resolve().parent
+LOAD = HERE / "serve_load.py"
+NAMES = [f"proj.tasks.task_{number:02d}" for number in range(20)]
+
+
+def fill(monitor: Monitor, tasks: int, workers: int, start: float) -> float:
+    """Feed ``tasks`` lifecycles over ``workers`` workers; the events applied per second."""
+    hosts = [f"celery@worker-{number:04d}" for number in range(workers)]
+    events: list[dict[str, Any]] = []
+    clock = 0
+
+    def add(type_: str, host: str, at: float, **fields: Any) -> None:
+        nonlocal clock
+        clock += 1
+        events.append(
+            {
+                "type": type_,
+                "hostname": host,
+                "timestamp": at,
+                "local_received": at,
+                "clock": clock,
+                "utcoffset": 0,
+                "pid": 1,
+                **fields,
+            }
+        )
+
+    for number, host in enumerate(hosts):
+        add(
+            "worker-online",
+            host,
+            start + number * 1e-3,
+            freq=2.0,
+            sw_ident="py-celery",
+            sw_ver="5.7.0",
+            sw_sys="Linux",
+        )
+    for number in range(tasks):
+        host = hosts[number % workers]
+        name = NAMES[number % len(NAMES)]
+        at = start + number * 1e-3
+        task_id = f"{number:08d}-{uuid.UUID(int=number)}"
+        add("task-received", host, at, uuid=task_id, name=name, args=f"({number}, 2)", kwargs="{}")
+        add("task-started", host, at + 0.01, uuid=task_id)
+        add(
+            "task-succeeded",
+            host,
+            at + 0.02,
+            uuid=task_id,
+            result=str(number),
+            runtime=0.01 + (number % 100) / 100,
+        )
+        if number % 100 == 0:
+            add("worker-heartbeat", host, at, freq=2.0, active=1, processed=number)
+    began = time.perf_counter()
+    for offset in range(0, len(events), 500):
+        monitor.apply(events[offset : offset + 500])
+    return len(events) / (time.perf_counter() - began)
+
+
+def load(base: str, path: str, concurrency: int, requests: int, rate: float = 0.0) -> Any:
+    """Run the load generator in its own process; its JSON answer."""
+    answer = subprocess.run(
+        [sys.executable, str(LOAD), base + path, str(concurrency), str(requests), str(rate)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return json.loads(answer.stdout)
+
+
+async def serve_and_measure(monitor: Monitor, quick: bool) -> dict[str, Any]:
+    config = uvicorn.Config(
+        create_app(monitor, manage_monitor=False),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    results: dict[str, Any] = {}
+    try:
+        count = 20 if quick else 100
+        results["metrics_serial"] = await asyncio.to_thread(load, base, "/metrics", 1, count // 5)
+        results["api_serial"] = await asyncio.to_thread(
+            load, base, "/api/tasks?limit=100", 1, count
+        )
+        results["api_concurrent"] = await asyncio.to_thread(
+            load, base, "/api/tasks?limit=100", 8, count * 4
+        )
+        results["api_filtered"] = await asyncio.to_thread(
+            load,
+            base,
+            "/api/tasks?limit=100&taskname=proj.tasks.task_03&state=SUCCESS",
+            8,
+            count * 2,
+        )
+        results["info_concurrent"] = await asyncio.to_thread(
+            load, base, "/api/task/info/00000042-" + str(uuid.UUID(int=42)), 8, count * 4
+        )
+    finally:
+        server.should_exit = True
+        await task
+    return results
+
+
+def ingest_rate(url: str, events: int, with_load: bool) -> tuple[float, float]:
+    """Events per second from publish to applied, through AsyncReceiver and the State,
+    with the service listening and (``with_load``) a client scraping once a second and
+    querying the API 20 times a second; and this process's CPU microseconds per event
+    (publishing, consuming, applying and serving: less disturbed by other processes)."""
+    monitor = Monitor(url, MonitorOptions(max_tasks=100_000))
+
+    async def main() -> tuple[float, float]:
+        config = uvicorn.Config(
+            create_app(monitor),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        loaders: list[subprocess.Popen[str]] = []
+        if with_load:
+            loaders = [
+                subprocess.Popen(
+                    [sys.executable, str(LOAD), base + path, "1", str(count), str(rate)],
+                    stdout=subprocess.DEVNULL,
+                    text=True,
+                )
+                for path, count, rate in (
+                    ("/metrics", 1000, 1.0),
+                    ("/api/tasks?limit=100", 100_000, 20.0),
+                )
+            ]
+            await asyncio.sleep(1.0)
+        dispatcher = Dispatcher(
+            url, hostname="celery@bench", buffer_group={"task"}, buffer_limit=100
+        )
+        began = time.perf_counter()
+        cpu = time.process_time()
+
+        def publish() -> None:
+            for number in range(events // 2):
+                dispatcher.send("task-received", uuid=f"i{number}", name=NAMES[number % 20])
+                dispatcher.send("task-succeeded", uuid=f"i{number}", runtime=0.01)
+            dispatcher.flush()
+
+        await asyncio.to_thread(publish)
+        while monitor.state.event_count < events:
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - began
+        cpu = time.process_time() - cpu
+        dispatcher.close()
+        for loader in loaders:
+            loader.terminate()
+            loader.wait()
+        server.should_exit = True
+        await serving
+        return events / elapsed, cpu / events * 1e6
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tasks", type=int)
+    parser.add_argument("--workers", type=int, default=1000)
+    args = parser.parse_args()
+    tasks = args.tasks or (10_000 if args.quick else 100_000)
+    monitor = Monitor(None, MonitorOptions(max_tasks=tasks, max_workers=args.workers))
+    rate = fill(monitor, tasks, args.workers, time.time() - tasks * 1e-3)
+    print(f"# evcore serve benchmark ({'quick' if args.quick else 'full'})\n")
+    print(f"- machine: {os.cpu_count()} cores, shared with other sessions (loaded)")
+    print(
+        f"- State: {len(monitor.state.tasks)} tasks, {len(monitor.state.workers)} workers; "
+        f"fed through Monitor.apply at {rate:,.0f} events/s"
+    )
+    timings = []
+    for _ in range(5):
+        began = time.perf_counter()
+        body = exposition(monitor.metrics)
+        timings.append(time.perf_counter() - began)
+    lines = body.count(b"\n")
+    print(
+        f"- /metrics rendered in-process: median {statistics.median(timings) * 1000:.1f} ms, "
+        f"{len(body) / 1024:.0f} KiB, {lines} lines"
+    )
+    results = asyncio.run(serve_and_measure(monitor, args.quick))
+    print("\n| request | clients | requests | p50 ms | p99 ms | max ms | req/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, key in (
+        ("/metrics", "metrics_serial"),
+        ("/api/tasks?limit=100", "api_serial"),
+        ("/api/tasks?limit=100", "api_concurrent"),
+        ("/api/tasks?limit=100&taskname=..&state=SUCCESS", "api_filtered"),
+        ("/api/task/info/<uuid>", "info_concurrent"),
+    ):
+        row = results[key]
+        print(
+            f"| `{label}` | {row['concurrency']} | {row['requests']} | {row['p50']:.1f} | "
+            f"{row['p99']:.1f} | {row['max']:.1f} | {row['rps']:.0f} |"
+        )
+    events = 20_000 if args.quick else 100_000
+    url = f"memory://bench-serve-{uuid.uuid4().hex[:8]}"
+    plain: list[tuple[float, float]] = []
+    loaded: list[tuple[float, float]] = []
+    for _ in range(1 if args.quick else 5):  # alternate A and B
+        plain.append(ingest_rate(url, events, with_load=False))
+        loaded.append(ingest_rate(url, events, with_load=True))
+    rate_idle = statistics.median(rate for rate, _ in plain)
+    rate_busy = statistics.median(rate for rate, _ in loaded)
+    cpu_idle = statistics.median(cpu for _, cpu in plain)
+    cpu_busy = statistics.median(cpu for _, cpu in loaded)
+    print(
+        f"\n- ingest, publish to applied ({events:,} events on memory://, medians of "
+        f"{len(plain)} alternated runs), idle vs scraped every second and queried 20 times "
+        f"a second:\n  - throughput {rate_idle:,.0f} vs {rate_busy:,.0f} events/s "
+        f"({(1 - rate_busy / rate_idle) * 100:+.1f}% cost)\n"
+        f"  - CPU of the process {cpu_idle:.1f} vs {cpu_busy:.1f} us/event "
+        f"({(cpu_busy / cpu_idle - 1) * 100:+.1f}%, serving included)"
+    )
+    print(
+        f"  - runs idle: {[round(rate) for rate, _ in plain]} events/s, "
+        f"served: {[round(rate) for rate, _ in loaded]} events/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
