@@ -25,7 +25,7 @@ import pytest
 from _net import free_port, wait_for
 from _redis_support import PrivateRedis
 
-pytestmark = [pytest.mark.redis, pytest.mark.browser]
+pytestmark = pytest.mark.redis
 
 HERE = Path(__file__).parent
 BIN = Path(sys.executable).parent

@@ -16,9 +16,17 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from evcore.serve.activity import OTHER, Activity, percentile
-from evcore.serve.dashboard import DashboardSource, Health, dashboard_routes
-from evcore.serve.views import TaskQuery, query_tasks, task_detail, worker_status
+from evcore.serve.dashboard import (
+    DashboardSource,
+    Health,
+    dashboard_routes,
+    monitor_dashboard,
+    overview,
+)
+from evcore.serve.monitor import Monitor
+from evcore.serve.views import TaskQuery, query_tasks, task_detail, worker_row
 from evcore.state import State
+from evcore.state.liveness import LivenessPolicy
 
 STATIC = Path(__file__).parent.parent / "evcore" / "serve" / "static"
 _clock = itertools.count(1)
@@ -116,15 +124,35 @@ def test_long_strings_are_cut(state: State) -> None:
     assert detail is not None and len(detail["args"]) == 64 * 1024
 
 
-def test_worker_status_online_late_offline() -> None:
+def test_worker_rows_use_the_liveness_windows() -> None:
     state = State()
     state.event(ev("worker-heartbeat", "w@h", when=1000.0, freq=2.0, local_received=1000.0))
     worker = state.workers["w@h"]
-    assert worker_status(worker, 1001.0) == "online"
-    assert worker_status(worker, 1003.0) == "late"
-    assert worker_status(worker, 1000.0 + 2 * 2.0 + 100) == "offline"
-    state.event(ev("worker-offline", "w@h", when=1001.0, local_received=1001.0))
-    assert worker_status(state.workers["w@h"], 1001.5) == "offline"
+    policy = LivenessPolicy()
+    assert worker_row(worker, 1001.0, policy)["status"] == "online"
+    assert worker_row(worker, 1003.0, policy)["status"] == "late"
+    row = worker_row(worker, 1000.0 + 100, policy)
+    assert row["status"] == "offline" and row["seen_ago"] == pytest.approx(100.0)
+
+
+def test_monitor_feeds_the_charts_and_the_banner() -> None:
+    monitor = Monitor()
+    source = monitor_dashboard(monitor)
+    monitor.apply(
+        [
+            ev("task-received", uuid="t", name="n"),
+            ev("task-started", uuid="t"),
+            ev("custom-thing"),
+            {"type": 5},
+        ]
+    )
+    monitor.state.record_loss("w1@h", 3)
+    summary = overview(source)
+    assert summary["health"]["lost"] == 3
+    assert summary["health"]["rejected"] >= 1  # the event without a usable type
+    counted = set(source.activity.rates())  # every type seen has a series
+    assert {"task-received", "task-started", "custom-thing"} <= counted
+    assert [row.name for row in source.activity.percentiles()] == ["n"]
 
 
 def test_activity_rates_outcomes_percentiles_and_caps() -> None:
@@ -163,7 +191,7 @@ def test_endpoints_answer_json_with_a_strict_policy(state: State) -> None:
     assert client.get("/api/dashboard/tasks/none").status_code == 404
     assert client.get("/api/dashboard/workers/w1@h").json()["tasks_total"] == 2
     overview = client.get("/api/dashboard/overview").json()
-    assert overview["health"] == {"connected": False, "lost": 7, "rejected": 2}
+    assert overview["health"] == {"connected": False, "lost": 7, "rejected": 2, "possibly_lost": 0}
     assert overview["tasks"]["by_state"]["FAILURE"] == 1
 
 

@@ -27,15 +27,18 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from evcore.serve.activity import Activity
+from evcore.serve.monitor import Monitor
 from evcore.serve.views import (
     ROW_TEXT,
     TaskQuery,
+    number,
     query_tasks,
     task_detail,
     worker_detail,
     workers_table,
 )
-from evcore.state import State
+from evcore.state import State, Task
+from evcore.state.liveness import LivenessPolicy
 
 STATIC = Path(__file__).with_name("static")
 
@@ -59,6 +62,7 @@ class Health:
     connected: bool = True
     lost: int = 0
     rejected: int = 0
+    possibly_lost: int = 0
 
 
 @dataclass
@@ -72,6 +76,7 @@ class DashboardSource:
     state: State
     activity: Activity
     health: Callable[[], Health] = Health
+    liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
     tick: float = 0.5
     max_streams: int = 32
     stream_lifetime: float = 300.0
@@ -153,6 +158,7 @@ def overview(source: DashboardSource) -> dict[str, Any]:
             "connected": health.connected,
             "lost": health.lost,
             "rejected": health.rejected,
+            "possibly_lost": health.possibly_lost,
         },
         "tasks": {"total": len(state.tasks), "by_state": {str(k): n for k, n in by_state.items()}},
         "workers": len(state.workers),
@@ -197,10 +203,11 @@ def dashboard_routes(source: DashboardSource) -> list[Route | Mount]:
         return answer(found) if found is not None else answer({"error": "unknown task"}, 404)
 
     async def workers(_request: Request) -> Response:
-        return answer({"workers": workers_table(source.state)})
+        return answer({"workers": workers_table(source.state, source.liveness)})
 
     async def worker(request: Request) -> Response:
-        found = worker_detail(source.state, request.path_params["hostname"][:ROW_TEXT])
+        hostname = request.path_params["hostname"][:ROW_TEXT]
+        found = worker_detail(source.state, hostname, source.liveness)
         return answer(found) if found is not None else answer({"error": "unknown worker"}, 404)
 
     async def summary(_request: Request) -> Response:
@@ -247,3 +254,51 @@ async def _ticks(source: DashboardSource, request: Request) -> AsyncIterator[byt
                 await asyncio.wait_for(source.closing.wait(), source.tick)
     finally:
         source.streams -= 1
+
+
+def observe_activity(activity: Activity) -> Callable[[Mapping[str, Any], Any], None]:
+    """A :attr:`Monitor.observers <evcore.serve.monitor.Monitor.observers>` entry feeding
+    ``activity`` with each event's type and, for tasks, the runtime or the queue wait."""
+
+    def observe(event: Mapping[str, Any], result: Any) -> None:
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            return
+        subject = result[0] if result.__class__ is tuple else None
+        task = subject[0] if subject.__class__ is tuple and subject else None
+        if task.__class__ is not Task:
+            activity.observe(kind)
+            return
+        name = task.name if isinstance(task.name, str) else None
+        runtime = wait = None
+        if kind == "task-succeeded":
+            runtime = number(task.runtime)
+        elif kind == "task-started":
+            started, received = number(task.started), number(task.received)
+            if started is not None and received is not None:
+                wait = started - received
+        activity.observe(kind, name=name, runtime=runtime, wait=wait)
+
+    return observe
+
+
+def monitor_dashboard(monitor: Monitor) -> DashboardSource:
+    """A dashboard over ``monitor``'s State, fed by its events, with its health and
+    liveness windows; pass ``dashboard_routes(source)`` to ``create_app(routes=...)``."""
+    activity = Activity()
+    monitor.observers.append(observe_activity(activity))
+
+    def health() -> Health:
+        stats = monitor.source_stats()
+        lost = stats.lost if stats.lost is not None else monitor.state.lost_events
+        rejected = sum((stats.rejected or {}).values()) + sum(monitor.state.rejected.values())
+        return Health(
+            connected=monitor.connected or monitor.url is None,
+            lost=sum(lost.values()),
+            rejected=rejected,
+            possibly_lost=len(monitor.losses.lost),
+        )
+
+    return DashboardSource(
+        monitor.state, activity, health=health, liveness=monitor.options.liveness
+    )

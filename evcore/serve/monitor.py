@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,9 @@ class Monitor:
             source=self.source_stats,
             extra=self._extra_metrics,
         )
+        #: Called with ``(event, result)`` for every event applied, refused ones included
+        #: (``result`` is what ``State.event`` returned): the dashboard's charts.
+        self.observers: list[Callable[[Mapping[str, Any], Any], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def _initial_state(self) -> State:
@@ -119,8 +122,11 @@ class Monitor:
         observe = self.metrics.observe
         track = self.losses.task_event
         recent = self.recent
+        observers = self.observers
         for event in events:
             result = feed(event)
+            for observer in observers:
+                observer(event, result)
             if result is None:
                 continue
             observe(event, result)

@@ -12,6 +12,7 @@ import uvicorn
 
 from evcore.serve.app import create_app
 from evcore.serve.auth import Credentials
+from evcore.serve.dashboard import dashboard_routes, monitor_dashboard
 from evcore.serve.monitor import Monitor
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def run(
 ) -> None:
     """Serve until SIGTERM or SIGINT; the monitor is started and stopped (its state saved)
     by the application's lifespan. ``on_ready(host, port)`` is called once listening."""
-    app = create_app(monitor, credentials=credentials)
+    dashboard = monitor_dashboard(monitor)
+    app = create_app(monitor, credentials=credentials, routes=dashboard_routes(dashboard))
     config = uvicorn.Config(
         app,
         host=host,
@@ -50,12 +52,16 @@ def run(
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    asyncio.run(_serve(server, on_ready))
+    asyncio.run(_serve(server, on_ready, dashboard.closing))
     if not server.started:
         raise OSError(f"could not listen on {host}:{port}")
 
 
-async def _serve(server: uvicorn.Server, on_ready: Callable[[str, int], None] | None) -> None:
+async def _serve(
+    server: uvicorn.Server,
+    on_ready: Callable[[str, int], None] | None,
+    closing: asyncio.Event,
+) -> None:
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
@@ -64,15 +70,17 @@ async def _serve(server: uvicorn.Server, on_ready: Callable[[str, int], None] | 
         # down: the process then ends with status 0 after its own cleanup.
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, _request_exit, server)
+            loop.add_signal_handler(signum, _request_exit, server, closing)
         if on_ready is not None:
             host, port = _bound_address(server)
             on_ready(host, port)
     await task
 
 
-def _request_exit(server: uvicorn.Server) -> None:
-    """First signal: shut down gracefully; a second one: stop waiting for open requests."""
+def _request_exit(server: uvicorn.Server, closing: asyncio.Event) -> None:
+    """First signal: shut down gracefully (live dashboard streams end at once); a second
+    one: stop waiting for open requests."""
+    closing.set()
     if server.should_exit:
         server.force_exit = True
     server.should_exit = True

@@ -11,11 +11,12 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from evcore.state import State, Task, Worker
+from evcore.state.liveness import LivenessPolicy, liveness
 
 #: Longest string kept in a table row; longer ones end with an ellipsis.
 ROW_TEXT = 200
@@ -54,23 +55,6 @@ def worker_name(task: Task) -> str:
     if isinstance(worker, Worker):
         return worker.hostname or ""
     return ""
-
-
-def worker_status(worker: Worker, now: float, late_after: float = 0.25) -> str:
-    """``"online"``, ``"late"`` (a heartbeat overdue) or ``"offline"``.
-
-    A worker is late once its heartbeat is overdue by ``late_after`` of an interval, and
-    offline when Celery's expiry window has passed too, or after a ``worker-offline``.
-    """
-    if worker.type == "worker-offline" or not worker.heartbeats:
-        return "offline"
-    expires = worker.heartbeat_expires
-    if expires is None or now >= expires:
-        return "offline"
-    freq = number(worker.freq) or 2.0
-    if now - worker.heartbeats[-1] > freq * (1.0 + late_after):
-        return "late"
-    return "online"
 
 
 def _when(task: Task) -> float:
@@ -231,35 +215,41 @@ def _missing(uuid: Any) -> dict[str, Any] | None:
     return {"uuid": clip(uuid), "name": None, "state": None}
 
 
-def worker_row(worker: Worker, now: float) -> dict[str, Any]:
-    """One line of the workers table."""
-    last = worker.heartbeats[-1] if worker.heartbeats else None
+def worker_row(worker: Worker, now: float, policy: LivenessPolicy) -> dict[str, Any]:
+    """One line of the workers table; the status comes from ``policy``'s windows."""
+    alive = liveness(worker, policy, now)
     loadavg = worker.loadavg if isinstance(worker.loadavg, (list, tuple)) else []
+    software = " ".join(str(part) for part in (worker.sw_ident, worker.sw_ver) if part)
     return {
         "hostname": clip(worker.hostname),
-        "status": worker_status(worker, now),
-        "last_heartbeat": last,
-        "seen_ago": now - last if last is not None else None,
+        "status": alive.status,
+        "last_heartbeat": alive.last_seen,
+        "seen_ago": alive.seen_ago,
         "active": number(worker.active),
         "processed": number(worker.processed),
         "loadavg": [number(value) for value in loadavg[:3]],
-        "software": clip(" ".join(str(part) for part in (worker.sw_ident, worker.sw_ver) if part)),
+        "software": clip(software),
     }
 
 
-def workers_table(state: State, now: float | None = None) -> list[dict[str, Any]]:
+def workers_table(state: State, policy: LivenessPolicy) -> list[dict[str, Any]]:
     """Every worker, sorted by hostname."""
-    now = time.time() if now is None else now
-    workers: Iterable[Worker] = list(state.workers.values())
-    rows = [worker_row(worker, now) for worker in workers]
+    now = time.time()
+    rows = [worker_row(worker, now, policy) for worker in state.workers.values()]
     rows.sort(key=lambda row: row["hostname"] or "")
     return rows
 
 
-def worker_detail(state: State, hostname: str, recent: int = 50) -> dict[str, Any] | None:
+def worker_detail(
+    state: State, hostname: str, policy: LivenessPolicy, recent: int = 50
+) -> dict[str, Any] | None:
     """A worker's row and its most recent tasks, or None for an unknown worker."""
     worker = state.workers.get(hostname)
     if worker is None:
         return None
     page = query_tasks(state, TaskQuery(worker=hostname, limit=recent))
-    return {**worker_row(worker, time.time()), "tasks": page["tasks"], "tasks_total": page["total"]}
+    return {
+        **worker_row(worker, time.time(), policy),
+        "tasks": page["tasks"],
+        "tasks_total": page["total"],
+    }

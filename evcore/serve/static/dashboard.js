@@ -363,8 +363,10 @@ async function taskPage(uuid) {
     field("Queue wait", fmtSeconds(t.wait)), field("Runtime", fmtSeconds(t.runtime)),
     field("Parent", t.parent ? taskLink(t.parent.uuid, label(t.parent)) : "—"),
     field("Root", t.root ? taskLink(t.root.uuid, label(t.root)) : "—"));
-  const timeline = el("ol", { id: "timeline" }, t.timeline.map((step) =>
-    el("li", { text: `${step.stage}: ${fmtTime(step.at)}` })));
+  const first = t.timeline.length ? t.timeline[0].at : 0;
+  const timeline = el("ol", { id: "timeline" }, t.timeline.map((step, i) =>
+    el("li", { text: `${step.stage}: ${fmtTime(step.at)}` +
+                     (i ? ` (+${fmtSeconds(step.at - first)})` : "") })));
   const children = el("ul", { id: "children" }, t.children.map((child) =>
     el("li", {}, taskLink(child.uuid, label(child)), " ", child.state || "")));
   return el("section", {},
@@ -423,6 +425,10 @@ function showHealth(summary) {
   const problems = [];
   if (!health.connected) problems.push("The monitor is disconnected from the broker.");
   if (health.lost) problems.push(`${health.lost} events were lost in transit.`);
+  if (health.possibly_lost) {
+    problems.push(`${health.possibly_lost} unfinished tasks are possibly lost ` +
+                  "(their worker went silent or its stream had a gap).");
+  }
   banner.hidden = problems.length === 0;
   banner.className = health.connected ? "banner warn" : "banner";
   banner.textContent = problems.join(" ");
