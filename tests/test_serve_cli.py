@@ -65,6 +65,32 @@ def test_demo_serves_and_stops_cleanly_on_sigterm(
     assert state_file.exists() and '"evcore.state"' in state_file.read_text()
 
 
+def test_live_events_stream_and_sigterm_ends_open_streams(
+    served: tuple[pexpect.spawn, str, Path],
+) -> None:
+    child, base, _ = served
+    seen: list[str] = []
+    with httpx.stream("GET", f"{base}/api/events/stream?groups=worker", timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                seen.append(line[7:])
+            if len(seen) == 3:
+                break
+    assert seen == ["worker"] * 3
+    assert httpx.get(f"{base}/api/events/stream?groups=nope", timeout=5).status_code == 400
+    # A stream left open does not hold up the shutdown.
+    with httpx.stream("GET", f"{base}/api/events/stream", timeout=10) as response:
+        child.kill(signal.SIGTERM)
+        started = time.monotonic()
+        for _ in response.iter_lines():
+            pass
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert time.monotonic() - started < 8
+
+
 def test_slow_and_hostile_clients_do_not_block_others(
     served: tuple[pexpect.spawn, str, Path],
 ) -> None:

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,6 +20,7 @@ from evcore.serve.api import TaskAPI, json_response
 from evcore.serve.auth import Credentials, RequireCredentials
 from evcore.serve.metrics import exposition
 from evcore.serve.monitor import Monitor
+from evcore.serve.stream import GROUPS
 
 #: Longest query string accepted; longer ones are answered 414.
 MAX_QUERY_BYTES = 4096
@@ -33,6 +34,7 @@ ENDPOINTS = (
     "/api/task/types",
     "/api/workers",
     "/api/evcore",
+    "/api/events/stream",
 )
 
 
@@ -90,6 +92,21 @@ def create_app(
         body = await asyncio.to_thread(exposition, monitor.metrics)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    async def stream(request: Request) -> Response:
+        groups = frozenset(request.query_params.get("groups", "task,worker").split(","))
+        if not groups or not groups <= GROUPS:
+            return json_response(
+                {"error": f"groups must be among {', '.join(sorted(GROUPS))}"}, 400
+            )
+        subscriber = monitor.stream.subscribe(groups)
+        if subscriber is None:
+            return json_response({"error": "too many streaming clients"}, 503)
+        return StreamingResponse(
+            monitor.stream.frames(subscriber),
+            media_type="text/event-stream",
+            headers={"X-Accel-Buffering": "no"},
+        )
+
     async def index(request: Request) -> Response:
         return json_response({"service": "evcore serve", "endpoints": list(ENDPOINTS)})
 
@@ -113,6 +130,7 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             *api.routes(),
+            Route("/api/events/stream", stream, methods=["GET"]),
             Route("/", index, methods=["GET"]),
         ],
         middleware=middleware,

@@ -20,6 +20,7 @@ from evcore.errors import ConnectionLost
 from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, SourceStats
 from evcore.serve.recent import RecentIndex
 from evcore.serve.reconcile import Reconciler, apply_document, open_results, parse_document
+from evcore.serve.stream import EventStream
 from evcore.state import State, Task
 from evcore.state.liveness import LivenessPolicy, LossTracker, purge_offline
 from evcore.state.retention import RetentionPolicy
@@ -70,6 +71,8 @@ class Monitor:
         self.options = options = options or MonitorOptions()
         self.state = self._initial_state()
         self.losses = LossTracker(options.liveness)
+        #: Applied events, to server-sent-event clients (``/api/events/stream``).
+        self.stream = EventStream()
         #: Tasks newest first, for the API's default order.
         self.recent = RecentIndex()
         self.recent.rebuild(self.state.tasks.data)
@@ -119,11 +122,14 @@ class Monitor:
         observe = self.metrics.observe
         track = self.losses.task_event
         recent = self.recent
+        stream = self.stream
         for event in events:
             result = feed(event)
             if result is None:
                 continue
             observe(event, result)
+            if stream.subscribers:
+                stream.publish(event)
             subject = result[0]
             if subject.__class__ is tuple and subject and subject[0].__class__ is Task:
                 track(subject[0])
@@ -154,6 +160,7 @@ class Monitor:
 
     async def stop(self) -> None:
         """Stop consuming, cancel the schedule and save the state (if a file is set)."""
+        self.stream.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -340,6 +347,16 @@ class Monitor:
         )
         yield CounterMetricFamily(
             "evcore_workers_purged", "Offline workers purged.", value=self.purged
+        )
+        yield GaugeMetricFamily(
+            "evcore_stream_clients",
+            "Clients of /api/events/stream now.",
+            value=len(self.stream.subscribers),
+        )
+        yield CounterMetricFamily(
+            "evcore_stream_dropped_events",
+            "Events dropped for stream clients that did not read fast enough.",
+            value=self.stream.dropped_total,
         )
         if self.reconciler is not None:
             reconciled = CounterMetricFamily(

@@ -50,12 +50,14 @@ def run(
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    asyncio.run(_serve(server, on_ready))
+    asyncio.run(_serve(server, monitor, on_ready))
     if not server.started:
         raise OSError(f"could not listen on {host}:{port}")
 
 
-async def _serve(server: uvicorn.Server, on_ready: Callable[[str, int], None] | None) -> None:
+async def _serve(
+    server: uvicorn.Server, monitor: Monitor, on_ready: Callable[[str, int], None] | None
+) -> None:
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.05)
@@ -64,18 +66,19 @@ async def _serve(server: uvicorn.Server, on_ready: Callable[[str, int], None] | 
         # down: the process then ends with status 0 after its own cleanup.
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, _request_exit, server)
+            loop.add_signal_handler(signum, _request_exit, server, monitor)
         if on_ready is not None:
             host, port = _bound_address(server)
             on_ready(host, port)
     await task
 
 
-def _request_exit(server: uvicorn.Server) -> None:
+def _request_exit(server: uvicorn.Server, monitor: Monitor) -> None:
     """First signal: shut down gracefully; a second one: stop waiting for open requests."""
     if server.should_exit:
         server.force_exit = True
     server.should_exit = True
+    monitor.stream.close()  # open event streams would hold up the shutdown
 
 
 def _bound_address(server: uvicorn.Server) -> tuple[str, int]:
