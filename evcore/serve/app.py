@@ -18,13 +18,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from evcore import __version__
 from evcore.serve.api import TaskAPI, json_response
 from evcore.serve.auth import Credentials, RequireCredentials
+from evcore.serve.dashboard import dashboard_routes
 from evcore.serve.metrics import exposition
 from evcore.serve.monitor import Monitor
 from evcore.serve.stream import GROUPS
 
 #: Longest query string accepted; longer ones are answered 414.
 MAX_QUERY_BYTES = 4096
-#: The endpoints listed at ``/`` when nothing else is mounted there.
+#: Sent with every answer: the dashboard loads only its own files and talks only to this
+#: service; nothing may run inline, nothing may frame it.
+CONTENT_SECURITY_POLICY = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    b"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+#: The endpoints listed at ``/api``.
 ENDPOINTS = (
     "/healthz",
     "/readyz",
@@ -35,6 +42,7 @@ ENDPOINTS = (
     "/api/workers",
     "/api/evcore",
     "/api/events/stream",
+    "/ (the dashboard)",
 )
 
 
@@ -58,6 +66,8 @@ class Guard:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"cache-control", b"no-store"))
+                headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY))
+                headers.append((b"referrer-policy", b"no-referrer"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -70,12 +80,14 @@ def create_app(
     credentials: Credentials | None = None,
     routes: Sequence[BaseRoute] = (),
     manage_monitor: bool = True,
+    dashboard: bool = True,
 ) -> Starlette:
     """The application serving ``monitor``.
 
-    ``routes`` are added before the built-in ones (a dashboard mounting ``/`` and its
-    static files, say). With ``manage_monitor`` the application's lifespan starts and stops
-    the monitor (when it has a URL); tests feeding the monitor themselves pass False.
+    ``routes`` are added before the built-in ones (another page at ``/``, say); with
+    ``dashboard`` the bundled live dashboard is served at ``/`` and ``/static``. With
+    ``manage_monitor`` the application's lifespan starts and stops the monitor (when it
+    has a URL); tests feeding the monitor themselves pass False.
     """
     api = TaskAPI(monitor)
 
@@ -131,7 +143,8 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             *api.routes(),
             Route("/api/events/stream", stream, methods=["GET"]),
-            Route("/", index, methods=["GET"]),
+            Route("/api", index, methods=["GET"]),
+            *(dashboard_routes() if dashboard else ()),
         ],
         middleware=middleware,
         lifespan=lifespan,
