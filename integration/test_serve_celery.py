@@ -362,3 +362,42 @@ def test_lost_tasks_are_reconciled_from_celerys_redis_result_backend(
     metrics = exposition(monitor.metrics).decode()
     assert 'evcore_tasks_reconciled_total{state="SUCCESS"} 1.0' in metrics
     monitor.reconciler.source.close()
+
+
+def test_the_dashboard_shows_a_real_workers_tasks_and_traceback(
+    broker: str, environment: dict[str, str], processes: Processes
+) -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = "/usr/bin/chromium"
+    if not os.path.exists(chromium):
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed")
+    port = free_port()
+    processes.serve(broker, port)
+    base = f"http://127.0.0.1:{port}"
+    until(lambda: get_json(f"{base}/readyz"), lambda body: body["ready"], "evcore serve")
+    name = f"dashtest-{uuid.uuid4().hex[:6]}@localhost"
+    processes.worker(broker, name)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(base + "/")
+            page.wait_for_selector(f"#workers >> text={name}", timeout=DEADLINE * 1000)
+            # Sent after the page is open: they arrive through the live stream.
+            ok = send(environment, "add", 2, 3)
+            failing = send(environment, "boom")
+            page.wait_for_selector(f"#tasks >> text={ok}", timeout=DEADLINE * 1000)
+            page.wait_for_selector(f"#tasks >> text={failing}", timeout=DEADLINE * 1000)
+            page.select_option("#state", "FAILURE")
+            page.wait_for_function(
+                "document.querySelectorAll('#tasks tbody tr').length === 1",
+                timeout=DEADLINE * 1000,
+            )
+            page.click(f"text={failing}")
+            page.wait_for_selector("#detail:not([hidden])")
+            assert "ValueError('boom')" in page.inner_text("#detail")
+            assert "Traceback (most recent call last)" in page.inner_text("#detail-traceback")
+        finally:
+            browser.close()
