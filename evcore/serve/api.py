@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from evcore import codec
 from evcore.serve.monitor import Monitor
+from evcore.serve.rates import task_stats
 from evcore.serve.recent import RecentIndex
 from evcore.state import Task
 from evcore.state.liveness import liveness
@@ -370,6 +371,17 @@ class TaskAPI:
     async def status(self, request: Request) -> Response:
         return json_response(self.monitor.status())
 
+    async def rates(self, request: Request) -> Response:
+        try:
+            seconds = _integer(request, "seconds", 120) or 120
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return json_response(self.monitor.rates.series(seconds=max(1, seconds)))
+
+    async def task_stats(self, request: Request) -> Response:
+        metrics = self.monitor.metrics
+        return json_response(task_stats(metrics.runtime, metrics.queue_wait))
+
     def routes(self) -> list[Route]:
         return [
             Route("/api/tasks", self.tasks, methods=["GET"]),
@@ -377,4 +389,6 @@ class TaskAPI:
             Route("/api/task/types", self.task_types, methods=["GET"]),
             Route("/api/workers", self.workers, methods=["GET"]),
             Route("/api/evcore", self.status, methods=["GET"]),
+            Route("/api/stats/rates", self.rates, methods=["GET"]),
+            Route("/api/stats/tasks", self.task_stats, methods=["GET"]),
         ]

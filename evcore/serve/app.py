@@ -42,6 +42,8 @@ ENDPOINTS = (
     "/api/workers",
     "/api/evcore",
     "/api/events/stream",
+    "/api/stats/rates",
+    "/api/stats/tasks",
     "/ (the dashboard)",
 )
 

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from evcore.aio import DEFAULT_MAXSIZE, AsyncReceiver
 from evcore.errors import ConnectionLost
 from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, SourceStats
+from evcore.serve.rates import EventRates
 from evcore.serve.recent import RecentIndex
 from evcore.serve.reconcile import Reconciler, apply_document, open_results, parse_document
 from evcore.serve.stream import EventStream
@@ -73,6 +74,8 @@ class Monitor:
         self.losses = LossTracker(options.liveness)
         #: Applied events, to server-sent-event clients (``/api/events/stream``).
         self.stream = EventStream()
+        #: Events per second by type, for the dashboard's charts.
+        self.rates = EventRates()
         #: Tasks newest first, for the API's default order.
         self.recent = RecentIndex()
         self.recent.rebuild(self.state.tasks.data)
@@ -123,11 +126,14 @@ class Monitor:
         track = self.losses.task_event
         recent = self.recent
         stream = self.stream
+        count = self.rates.count
+        now = time.time()
         for event in events:
             result = feed(event)
             if result is None:
                 continue
             observe(event, result)
+            count(event["type"], now)
             if stream.subscribers:
                 stream.publish(event)
             subject = result[0]
