@@ -172,8 +172,97 @@ async function showTask(uuid) {
   $("close-detail").focus();
 }
 
+const COLORS = ["#0b57d0", "#1b7f3b", "#b3261e", "#a86400", "#6b3fa0"];
+const RATE_TYPES = ["task-received", "task-started", "task-succeeded", "task-failed",
+                    "task-retried"];
+
+function legend(id, names, colors) {
+  const holder = $(id);
+  holder.replaceChildren();
+  names.forEach((name, index) => {
+    const swatch = document.createElement("span");
+    swatch.className = `swatch s${colors[index]}`;
+    holder.append(swatch, name);
+  });
+}
+
+// Lines (or bars) of several series on a canvas, scaled to the largest value; colors[i]
+// indexes COLORS for series i.
+function draw(canvas, series, bars, colors) {
+  const context = canvas.getContext("2d");
+  const { width, height } = canvas;
+  context.clearRect(0, 0, width, height);
+  const length = Math.max(1, ...series.map((values) => values.length));
+  const top = Math.max(1, ...series.flat());
+  context.fillStyle = "#4a5360";
+  context.font = "11px system-ui, sans-serif";
+  context.fillText(String(top), 2, 11);
+  context.strokeStyle = "#e3e6ea";
+  context.beginPath();
+  context.moveTo(0, height - 0.5);
+  context.lineTo(width, height - 0.5);
+  context.stroke();
+  const step = width / length;
+  series.forEach((values, index) => {
+    context.strokeStyle = context.fillStyle = COLORS[colors[index]];
+    if (bars) {
+      const barWidth = step / (series.length + 1);
+      values.forEach((value, at) => {
+        const barHeight = (value / top) * (height - 14);
+        context.fillRect(at * step + index * barWidth, height - barHeight, barWidth, barHeight);
+      });
+      return;
+    }
+    context.beginPath();
+    values.forEach((value, at) => {
+      const x = at * step + step / 2;
+      const y = height - 1 - (value / top) * (height - 14);
+      if (at === 0) context.moveTo(x, y); else context.lineTo(x, y);
+    });
+    context.stroke();
+  });
+}
+
+function seconds(value) {
+  return typeof value === "number" ? `${value.toFixed(3)} s` : "";
+}
+
+async function loadCharts() {
+  const rates = await getJSON("api/stats/rates?seconds=600");
+  const types = rates.types || {};
+  const length = Object.values(types).reduce((most, values) => Math.max(most, values.length), 0);
+  const lastTwoMinutes = RATE_TYPES.map((type) => (types[type] || []).slice(-120));
+  draw($("rate-chart"), lastTwoMinutes, false, [0, 3, 1, 2, 4]);
+  legend("rate-legend", RATE_TYPES, [0, 3, 1, 2, 4]);
+  const perMinute = (type) => {
+    const values = types[type] || new Array(length).fill(0);
+    const minutes = [];
+    for (let start = 0; start < values.length; start += 60) {
+      minutes.push(values.slice(start, start + 60).reduce((sum, value) => sum + value, 0));
+    }
+    return minutes;
+  };
+  draw($("outcome-chart"), [perMinute("task-succeeded"), perMinute("task-failed")], true,
+       [1, 2]);
+  legend("outcome-legend", ["succeeded", "failed"], [1, 2]);
+  const stats = await getJSON("api/stats/tasks");
+  const body = $("task-stats").tBodies[0];
+  body.replaceChildren();
+  for (const [name, entry] of Object.entries(stats)) {
+    const runtime = entry.runtime || {};
+    const wait = entry.queue_wait || {};
+    const row = body.insertRow();
+    cell(row, name);
+    cell(row, runtime.count ?? "");
+    for (const value of [runtime.p50, runtime.p90, runtime.p99, wait.p50, wait.p90, wait.p99]) {
+      cell(row, seconds(value));
+    }
+  }
+}
+
 function refreshAll() {
-  return Promise.allSettled([loadWorkers(), loadTasks(), loadTypes(), loadHealth()]);
+  return Promise.allSettled([loadWorkers(), loadTasks(), loadTypes(), loadHealth(),
+                             loadCharts()]);
 }
 
 function connect() {
@@ -209,6 +298,7 @@ function init() {
   refreshAll();
   connect();
   setInterval(() => { if (!document.hidden) { loadWorkers(); loadHealth(); } }, 5000);
+  setInterval(() => { if (!document.hidden) loadCharts(); }, 2000);
 }
 
 document.addEventListener("DOMContentLoaded", init);
