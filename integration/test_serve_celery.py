@@ -391,9 +391,8 @@ def test_the_dashboard_shows_a_real_workers_tasks_and_traceback(
             page.wait_for_selector(f"#tasks >> text={ok}", timeout=DEADLINE * 1000)
             page.wait_for_selector(f"#tasks >> text={failing}", timeout=DEADLINE * 1000)
             page.select_option("#state", "FAILURE")
-            page.wait_for_function(
-                "document.querySelectorAll('#tasks tbody tr').length === 1",
-                timeout=DEADLINE * 1000,
+            playwright.expect(page.locator("#tasks tbody tr")).to_have_count(
+                1, timeout=DEADLINE * 1000
             )
             page.click(f"text={failing}")
             page.wait_for_selector("#detail:not([hidden])")
