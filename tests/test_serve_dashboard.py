@@ -114,6 +114,15 @@ def test_workers_tasks_filters_and_a_traceback(served: tuple[Served, str], page:
     # (a locator, not wait_for_function: the page's CSP forbids evaluating strings)
     playwright.expect(page.locator("#tasks tbody tr")).to_have_count(1)
     assert "bad-1" in page.inner_text("#tasks")
+    page.select_option("#state", "")
+    page.click("#workers >> text=w1@example")  # a worker's tasks
+    playwright.expect(page.locator("#tasks tbody tr")).to_have_count(2)
+    assert page.input_value("#workername") == "w1@example"
+    page.fill("#received-start", "2999-01-01T00:00")  # nothing received that late
+    page.dispatch_event("#received-start", "change")
+    playwright.expect(page.locator("#tasks tbody tr")).to_have_count(0)
+    page.fill("#received-start", "")
+    page.dispatch_event("#received-start", "change")
     page.click("text=bad-1")
     page.wait_for_selector("#detail:not([hidden])")
     assert "ValueError('bad')" in page.inner_text("#detail")

@@ -57,7 +57,18 @@ async function loadWorkers() {
   body.replaceChildren();
   for (const [name, worker] of Object.entries(workers)) {
     const row = body.insertRow();
-    cell(row, name, "mono");
+    const pick = document.createElement("button");
+    pick.type = "button";
+    pick.className = "link mono";
+    pick.textContent = name;
+    pick.title = "Show this worker's tasks";
+    pick.addEventListener("click", () => {
+      fillSelect($("workername"), [name]);
+      $("workername").value = name;
+      view.page = 0;
+      loadTasks();
+    });
+    row.insertCell().append(pick);
     cell(row, worker.status, `status-${worker.status}`);
     cell(row, ago(worker.last_seen_ago));
     cell(row, worker.active);
@@ -75,6 +86,12 @@ function taskQuery() {
                              ["search", "search"]]) {
     const value = $(id).value.trim();
     if (value) query.set(param, value);
+  }
+  // Flower's format: "YYYY-MM-DD HH:MM", local time.
+  for (const [param, id] of [["received_start", "received-start"],
+                             ["received_end", "received-end"]]) {
+    const value = $(id).value;
+    if (value) query.set(param, value.slice(0, 16).replace("T", " "));
   }
   return query;
 }
@@ -280,7 +297,8 @@ function disconnect() {
 }
 
 function init() {
-  for (const id of ["state", "taskname", "workername", "sort"]) {
+  for (const id of ["state", "taskname", "workername", "sort", "received-start",
+                    "received-end"]) {
     $(id).addEventListener("change", () => { view.page = 0; loadTasks(); });
   }
   $("search").addEventListener("input", () => { view.page = 0; later("tasks", loadTasks, 250); });
