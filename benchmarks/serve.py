@@ -105,21 +105,28 @@ def load(base: str, path: str, concurrency: int, requests: int, rate: float = 0.
     return json.loads(answer.stdout)
 
 
-async def serve_and_measure(monitor: Monitor, quick: bool) -> dict[str, Any]:
+async def start_server(
+    monitor: Monitor, manage_monitor: bool
+) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """uvicorn serving the monitor on a free port, as ``evcore serve`` does; its base URL."""
     config = uvicorn.Config(
-        create_app(monitor, manage_monitor=False),
+        create_app(monitor, manage_monitor=manage_monitor),
         host="127.0.0.1",
         port=0,
         log_level="warning",
         access_log=False,
-        lifespan="off",
+        lifespan="on" if manage_monitor else "off",
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+async def serve_and_measure(monitor: Monitor, quick: bool) -> dict[str, Any]:
+    server, task, base = await start_server(monitor, manage_monitor=False)
     results: dict[str, Any] = {}
     try:
         count = 20 if quick else 100
@@ -181,20 +188,7 @@ def ingest_rate(url: str, events: int, queries_per_second: float) -> tuple[float
     monitor = Monitor(url, MonitorOptions(max_tasks=100_000))
 
     async def main() -> tuple[float, float]:
-        config = uvicorn.Config(
-            create_app(monitor),
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        base = f"http://127.0.0.1:{port}"
+        server, serving, base = await start_server(monitor, manage_monitor=True)
         loaders: list[subprocess.Popen[str]] = []
         if queries_per_second:
             loaders = [
