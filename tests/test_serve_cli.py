@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -147,3 +148,17 @@ def test_option_parsers() -> None:
     for bad in (("SUCCESS",), ("SUCCESS=0",), ("=5",), ("SUCCESS=soon",)):
         with pytest.raises(Exception, match="STATE=SECONDS"):
             parse_retention(bad)
+
+
+def test_without_the_web_stack_the_error_names_the_extra() -> None:
+    """With uvicorn not importable, ``evcore serve`` says which extra to install."""
+    script = (
+        "import sys; sys.modules['uvicorn'] = None\n"
+        "from evcore.cli import main; sys.argv = ['evcore', 'serve', 'memory://']; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "pip install 'evcore[serve]'" in result.stderr
+    assert "Traceback" not in result.stderr
