@@ -42,7 +42,7 @@ def wait(check: Any, what: str, timeout: float = 120.0) -> None:
         try:
             if check():
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError):  # not up yet, or an HTML error page
             pass
         time.sleep(0.2)
     raise SystemExit(f"timed out waiting for {what}")
