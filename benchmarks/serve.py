@@ -105,21 +105,28 @@ def load(base: str, path: str, concurrency: int, requests: int, rate: float = 0.
     return json.loads(answer.stdout)
 
 
-async def serve_and_measure(monitor: Monitor, quick: bool) -> dict[str, Any]:
+async def start_server(
+    monitor: Monitor, manage_monitor: bool
+) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """uvicorn serving the monitor on a free port, as ``evcore serve`` does; its base URL."""
     config = uvicorn.Config(
-        create_app(monitor, manage_monitor=False),
+        create_app(monitor, manage_monitor=manage_monitor),
         host="127.0.0.1",
         port=0,
         log_level="warning",
         access_log=False,
-        lifespan="off",
+        lifespan="on" if manage_monitor else "off",
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+async def serve_and_measure(monitor: Monitor, quick: bool) -> dict[str, Any]:
+    server, task, base = await start_server(monitor, manage_monitor=False)
     results: dict[str, Any] = {}
     try:
         count = 20 if quick else 100
@@ -140,36 +147,50 @@ async def serve_and_measure(monitor: Monitor, quick: bool) -> dict[str, Any]:
         results["info_concurrent"] = await asyncio.to_thread(
             load, base, "/api/task/info/00000042-" + str(uuid.UUID(int=42)), 8, count * 4
         )
+        for rate in (2.0, 20.0):
+            results[f"serving_cpu_{rate:g}"] = await serving_cpu(base, rate, 3 if quick else 10)
     finally:
         server.should_exit = True
         await task
     return results
 
 
-def ingest_rate(url: str, events: int, with_load: bool) -> tuple[float, float]:
+async def serving_cpu(base: str, queries_per_second: float, seconds: float) -> float:
+    """CPU seconds this process spends per wall second answering one /metrics scrape a
+    second and ``queries_per_second`` /api/tasks?limit=100 queries (nothing else runs)."""
+    loaders = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(LOAD),
+            base + path,
+            "1",
+            str(int(rate * seconds)),
+            str(rate),
+            stdout=subprocess.DEVNULL,
+        )
+        for path, rate in (("/metrics", 1.0), ("/api/tasks?limit=100", queries_per_second))
+    ]
+    await asyncio.sleep(0.5)  # the clients start up
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.sleep(seconds - 1.0)
+    used = (time.process_time() - cpu) / (time.perf_counter() - wall)
+    for loader in loaders:
+        await loader.wait()
+    return used
+
+
+def ingest_rate(url: str, events: int, queries_per_second: float) -> tuple[float, float]:
     """Events per second from publish to applied, through AsyncReceiver and the State,
-    with the service listening and (``with_load``) a client scraping once a second and
-    querying the API 20 times a second; and this process's CPU microseconds per event
-    (publishing, consuming, applying and serving: less disturbed by other processes)."""
+    with the service listening and (``queries_per_second`` > 0) a client scraping once a
+    second and another querying ``/api/tasks?limit=100`` at that rate; and this process's
+    CPU microseconds per event (publishing, consuming, applying and serving: less disturbed
+    by other processes)."""
     monitor = Monitor(url, MonitorOptions(max_tasks=100_000))
 
     async def main() -> tuple[float, float]:
-        config = uvicorn.Config(
-            create_app(monitor),
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        base = f"http://127.0.0.1:{port}"
+        server, serving, base = await start_server(monitor, manage_monitor=True)
         loaders: list[subprocess.Popen[str]] = []
-        if with_load:
+        if queries_per_second:
             loaders = [
                 subprocess.Popen(
                     [sys.executable, str(LOAD), base + path, "1", str(count), str(rate)],
@@ -178,7 +199,7 @@ def ingest_rate(url: str, events: int, with_load: bool) -> tuple[float, float]:
                 )
                 for path, count, rate in (
                     ("/metrics", 1000, 1.0),
-                    ("/api/tasks?limit=100", 100_000, 20.0),
+                    ("/api/tasks?limit=100", 100_000, queries_per_second),
                 )
             ]
             await asyncio.sleep(1.0)
@@ -250,29 +271,37 @@ def main() -> None:
             f"| `{label}` | {row['concurrency']} | {row['requests']} | {row['p50']:.1f} | "
             f"{row['p99']:.1f} | {row['max']:.1f} | {row['rps']:.0f} |"
         )
+    for rate in (2.0, 20.0):
+        share = results[f"serving_cpu_{rate:g}"]
+        print(
+            f"- serving one /metrics scrape a second and {rate:g} /api/tasks?limit=100 "
+            f"queries a second on this State uses {share * 100:.1f}% of one core"
+        )
     events = 20_000 if args.quick else 100_000
     url = f"memory://bench-serve-{uuid.uuid4().hex[:8]}"
-    plain: list[tuple[float, float]] = []
-    loaded: list[tuple[float, float]] = []
-    for _ in range(1 if args.quick else 5):  # alternate A and B
-        plain.append(ingest_rate(url, events, with_load=False))
-        loaded.append(ingest_rate(url, events, with_load=True))
-    rate_idle = statistics.median(rate for rate, _ in plain)
-    rate_busy = statistics.median(rate for rate, _ in loaded)
-    cpu_idle = statistics.median(cpu for _, cpu in plain)
-    cpu_busy = statistics.median(cpu for _, cpu in loaded)
+    loads = (0.0, 2.0, 20.0)
+    runs: dict[float, list[tuple[float, float]]] = {rate: [] for rate in loads}
+    for _ in range(1 if args.quick else 5):  # alternate the loads
+        for rate in loads:
+            runs[rate].append(ingest_rate(url, events, rate))
+    rate_idle = statistics.median(rate for rate, _ in runs[0.0])
+    cpu_idle = statistics.median(cpu for _, cpu in runs[0.0])
     print(
         f"\n- ingest, publish to applied ({events:,} events on memory://, medians of "
-        f"{len(plain)} alternated runs), idle vs scraped every second and queried 20 times "
-        f"a second:\n  - throughput {rate_idle:,.0f} vs {rate_busy:,.0f} events/s "
-        f"({(1 - rate_busy / rate_idle) * 100:+.1f}% cost)\n"
-        f"  - CPU of the process {cpu_idle:.1f} vs {cpu_busy:.1f} us/event "
-        f"({(cpu_busy / cpu_idle - 1) * 100:+.1f}%, serving included)"
+        f"{len(runs[0.0])} alternated runs); served = one /metrics scrape a second plus "
+        "/api/tasks?limit=100 queries:\n"
     )
-    print(
-        f"  - runs idle: {[round(rate) for rate, _ in plain]} events/s, "
-        f"served: {[round(rate) for rate, _ in loaded]} events/s"
-    )
+    print("| load | events/s | cost | CPU us/event | CPU cost | runs (events/s) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for rate in loads:
+        throughput = statistics.median(value for value, _ in runs[rate])
+        cpu = statistics.median(value for _, value in runs[rate])
+        label = "idle" if not rate else f"scrape 1/s + {rate:g} queries/s"
+        print(
+            f"| {label} | {throughput:,.0f} | {(1 - throughput / rate_idle) * 100:+.1f}% | "
+            f"{cpu:.1f} | {(cpu / cpu_idle - 1) * 100:+.1f}% | "
+            f"{[round(value) for value, _ in runs[rate]]} |"
+        )
 
 
 if __name__ == "__main__":

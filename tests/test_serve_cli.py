@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -65,6 +66,32 @@ def test_demo_serves_and_stops_cleanly_on_sigterm(
     assert state_file.exists() and '"evcore.state"' in state_file.read_text()
 
 
+def test_live_events_stream_and_sigterm_ends_open_streams(
+    served: tuple[pexpect.spawn, str, Path],
+) -> None:
+    child, base, _ = served
+    seen: list[str] = []
+    with httpx.stream("GET", f"{base}/api/events/stream?groups=worker", timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                seen.append(line[7:])
+            if len(seen) == 3:
+                break
+    assert seen == ["worker"] * 3
+    assert httpx.get(f"{base}/api/events/stream?groups=nope", timeout=5).status_code == 400
+    # A stream left open does not hold up the shutdown.
+    with httpx.stream("GET", f"{base}/api/events/stream", timeout=10) as response:
+        child.kill(signal.SIGTERM)
+        started = time.monotonic()
+        for _ in response.iter_lines():
+            pass
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert time.monotonic() - started < 8
+
+
 def test_slow_and_hostile_clients_do_not_block_others(
     served: tuple[pexpect.spawn, str, Path],
 ) -> None:
@@ -121,3 +148,17 @@ def test_option_parsers() -> None:
     for bad in (("SUCCESS",), ("SUCCESS=0",), ("=5",), ("SUCCESS=soon",)):
         with pytest.raises(Exception, match="STATE=SECONDS"):
             parse_retention(bad)
+
+
+def test_without_the_web_stack_the_error_names_the_extra() -> None:
+    """With uvicorn not importable, ``evcore serve`` says which extra to install."""
+    script = (
+        "import sys; sys.modules['uvicorn'] = None\n"
+        "from evcore.cli import main; sys.argv = ['evcore', 'serve', 'memory://']; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "pip install 'evcore[serve]'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -6,7 +6,7 @@ from _serve_support import event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evcore.serve.api import newest_tasks, select_tasks
+from evcore.serve.api import index_candidates, newest_tasks, select_tasks
 from evcore.serve.recent import BLOCK, RecentIndex
 from evcore.state import State
 
@@ -49,6 +49,7 @@ def feed(events: list[tuple[int, float, str]], max_tasks: int) -> tuple[State, R
     max_tasks=st.sampled_from([0, 5, 40]),
     name=st.sampled_from([None, "proj.n1", "PROJ.N2"]),
     state_filter=st.sampled_from([None, "SUCCESS", "started"]),
+    worker=st.sampled_from([None, "w1@example", "W2@EXAMPLE"]),
 )
 def test_same_page_as_a_full_sort(
     events: list[tuple[int, float, str]],
@@ -57,19 +58,25 @@ def test_same_page_as_a_full_sort(
     max_tasks: int,
     name: str | None,
     state_filter: str | None,
+    worker: str | None,
 ) -> None:
     state, recent = feed(events, max_tasks)
     options = {
         "limit": limit,
         "offset": offset,
         "name": name,
-        "worker": None,
+        "worker": worker,
         "state": state_filter,
         "search": None,
     }
     tasks = state.tasks.data
     expected = select_tasks(list(tasks.values()), **options)
     assert newest_tasks(recent, tasks, **options) == expected
+    # Ranking the candidates of the name and worker indexes gives the same page.
+    by_name = index_candidates(state.tasks_by_type, name)
+    by_worker = index_candidates(state.tasks_by_worker, worker)
+    for candidates in (by_name, by_worker):
+        assert newest_tasks(recent, tasks, candidates=candidates, **options) == expected
     recent.rebuild(tasks)  # compaction keeps the answer
     assert newest_tasks(recent, tasks, **options) == expected
 
@@ -95,3 +102,36 @@ def test_in_order_stream_stops_early() -> None:
         f"t{n}" for n in range(BLOCK * 20 - 1, BLOCK * 20 - 101, -1)
     ]
     assert len(looked) <= 2 * BLOCK  # two blocks read, not twenty
+
+
+def test_a_selective_filter_ranks_its_candidates() -> None:
+    events = [(number, float((number * 7919) % 1000), "task-received") for number in range(400)]
+    state = State(max_tasks_in_memory=None)
+    recent = RecentIndex(block=8)
+    for number, offset, type_ in events:
+        result = state.event(
+            event(
+                type_,
+                f"w{number % 3}@example",
+                at=1e6 + offset,
+                uuid=f"t{number}",
+                name=f"proj.n{number % 20}",
+            )
+        )
+        assert result is not None
+        recent.add(result[0][0])
+    tasks = state.tasks.data
+    candidates = index_candidates(state.tasks_by_type, "PROJ.N7")
+    assert candidates is not None and len(candidates) == 20  # few: ranked directly
+    for limit, offset in ((5, 0), (5, 3), (100, 0)):
+        options = {
+            "limit": limit,
+            "offset": offset,
+            "name": "proj.n7",
+            "worker": None,
+            "state": None,
+            "search": None,
+        }
+        expected = select_tasks(list(tasks.values()), **options)
+        assert newest_tasks(recent, tasks, candidates=candidates, **options) == expected
+    assert index_candidates(state.tasks_by_type, None) is None

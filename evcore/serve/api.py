@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import heapq
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -15,8 +15,9 @@ from starlette.routing import Route
 
 from evcore import codec
 from evcore.serve.monitor import Monitor
+from evcore.serve.rates import task_stats
 from evcore.serve.recent import RecentIndex
-from evcore.state import Task
+from evcore.state import Task, TaskSet
 from evcore.state.liveness import liveness
 
 #: Flower's ``sort_by`` keys.
@@ -241,10 +242,12 @@ def newest_tasks(
     worker: str | None,
     state: str | None,
     search: str | None,
+    candidates: Collection[str] | None = None,
     **unused: Any,
 ) -> list[Task]:
     """:func:`select_tasks` in the default order (newest timestamp first), from the recent
-    index instead of a sort of every task."""
+    index instead of a sort of every task; ``candidates`` (uuids a name or worker index
+    gave) are ranked directly when they are few."""
     name_f, worker_f, state_f = _fold(name), _fold(worker), _fold(state)
     terms = _search_terms(search)
 
@@ -259,8 +262,26 @@ def newest_tasks(
 
     offset = max(offset, 0)
     count = offset + max(limit if limit is not None else MAX_LIMIT, 0)
+    if candidates is not None and len(candidates) * 4 < len(tasks):
+        # A selective name or worker filter: rank its few tasks instead of scanning.
+        chosen = [task for task in (tasks.get(uuid) for uuid in candidates) if task is not None]
+        ranked = heapq.nlargest(count, (task for task in chosen if accept(task)), key=_newest_key)
+        return ranked[offset:]
     filtered = bool(name_f or worker_f or state_f or terms)
     return recent.newest(tasks, count, accept if filtered else None)[offset:]
+
+
+def index_candidates(index: Mapping[str, TaskSet], value: str | None) -> frozenset[str] | None:
+    """The uuids an index holds under keys equal to ``value`` ignoring case (None when
+    there is no such filter)."""
+    if not value:
+        return None
+    wanted = _fold(value)
+    found: set[str] = set()
+    for key in index:
+        if _fold(key) == wanted:
+            found |= index[key].uuids
+    return frozenset(found)
 
 
 class TaskAPI:
@@ -302,7 +323,13 @@ class TaskAPI:
         if options["sort_by"] or options["received_start"] or options["received_end"]:
             page = select_tasks(list(tasks.values()), **options)
         else:
-            page = newest_tasks(monitor.recent, tasks, **options)
+            state = monitor.state
+            by_name = index_candidates(state.tasks_by_type, options["name"])
+            by_worker = index_candidates(state.tasks_by_worker, options["worker"])
+            candidates = by_name if by_worker is None else by_worker
+            if by_name is not None and by_worker is not None:
+                candidates = by_name & by_worker
+            page = newest_tasks(monitor.recent, tasks, candidates=candidates, **options)
         lost, reconciled = monitor.losses.lost, monitor.reconciled()
         return {task.uuid: task_dict(task, lost, reconciled) for task in page}
 
@@ -370,6 +397,17 @@ class TaskAPI:
     async def status(self, request: Request) -> Response:
         return json_response(self.monitor.status())
 
+    async def rates(self, request: Request) -> Response:
+        try:
+            seconds = _integer(request, "seconds", 120) or 120
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return json_response(self.monitor.rates.series(seconds=max(1, seconds)))
+
+    async def task_stats(self, request: Request) -> Response:
+        metrics = self.monitor.metrics
+        return json_response(task_stats(metrics.runtime, metrics.queue_wait))
+
     def routes(self) -> list[Route]:
         return [
             Route("/api/tasks", self.tasks, methods=["GET"]),
@@ -377,4 +415,6 @@ class TaskAPI:
             Route("/api/task/types", self.task_types, methods=["GET"]),
             Route("/api/workers", self.workers, methods=["GET"]),
             Route("/api/evcore", self.status, methods=["GET"]),
+            Route("/api/stats/rates", self.rates, methods=["GET"]),
+            Route("/api/stats/tasks", self.task_stats, methods=["GET"]),
         ]

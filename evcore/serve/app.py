@@ -11,19 +11,27 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evcore import __version__
 from evcore.serve.api import TaskAPI, json_response
 from evcore.serve.auth import Credentials, RequireCredentials
+from evcore.serve.dashboard import DashboardSource, dashboard_routes
 from evcore.serve.metrics import exposition
 from evcore.serve.monitor import Monitor
+from evcore.serve.stream import GROUPS
 
 #: Longest query string accepted; longer ones are answered 414.
 MAX_QUERY_BYTES = 4096
-#: The endpoints listed at ``/`` when nothing else is mounted there.
+#: Sent with every answer: the dashboard loads only its own files and talks only to this
+#: service; nothing may run inline, nothing may frame it.
+CONTENT_SECURITY_POLICY = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    b"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+#: The endpoints listed at ``/api``.
 ENDPOINTS = (
     "/healthz",
     "/readyz",
@@ -33,6 +41,10 @@ ENDPOINTS = (
     "/api/task/types",
     "/api/workers",
     "/api/evcore",
+    "/api/events/stream",
+    "/api/stats/rates",
+    "/api/stats/tasks",
+    "/ (the dashboard)",
 )
 
 
@@ -56,6 +68,8 @@ class Guard:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-content-type-options", b"nosniff"))
                 headers.append((b"cache-control", b"no-store"))
+                headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY))
+                headers.append((b"referrer-policy", b"no-referrer"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -68,14 +82,17 @@ def create_app(
     credentials: Credentials | None = None,
     routes: Sequence[BaseRoute] = (),
     manage_monitor: bool = True,
+    dashboard: bool = True,
 ) -> Starlette:
     """The application serving ``monitor``.
 
-    ``routes`` are added before the built-in ones (a dashboard mounting ``/`` and its
-    static files, say). With ``manage_monitor`` the application's lifespan starts and stops
-    the monitor (when it has a URL); tests feeding the monitor themselves pass False.
+    ``routes`` are added before the built-in ones (another page at ``/``, say); with
+    ``dashboard`` the bundled live dashboard is served at ``/`` and ``/static``. With
+    ``manage_monitor`` the application's lifespan starts and stops the monitor (when it
+    has a URL); tests feeding the monitor themselves pass False.
     """
     api = TaskAPI(monitor)
+    source = DashboardSource(monitor) if dashboard else None
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok", "version": __version__})
@@ -89,6 +106,21 @@ def create_app(
         # during which the loop keeps applying events and answering the API.
         body = await asyncio.to_thread(exposition, monitor.metrics)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def stream(request: Request) -> Response:
+        groups = frozenset(request.query_params.get("groups", "task,worker").split(","))
+        if not groups or not groups <= GROUPS:
+            return json_response(
+                {"error": f"groups must be among {', '.join(sorted(GROUPS))}"}, 400
+            )
+        subscriber = monitor.stream.subscribe(groups)
+        if subscriber is None:
+            return json_response({"error": "too many streaming clients"}, 503)
+        return StreamingResponse(
+            monitor.stream.frames(subscriber),
+            media_type="text/event-stream",
+            headers={"X-Accel-Buffering": "no"},
+        )
 
     async def index(request: Request) -> Response:
         return json_response({"service": "evcore serve", "endpoints": list(ENDPOINTS)})
@@ -113,10 +145,13 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             *api.routes(),
-            Route("/", index, methods=["GET"]),
+            Route("/api/events/stream", stream, methods=["GET"]),
+            Route("/api", index, methods=["GET"]),
+            *(dashboard_routes(source) if source is not None else ()),
         ],
         middleware=middleware,
         lifespan=lifespan,
     )
     app.state.monitor = monitor
+    app.state.dashboard = source
     return app

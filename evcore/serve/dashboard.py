@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -26,18 +26,17 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from evcore.serve.activity import Activity
 from evcore.serve.monitor import Monitor
+from evcore.serve.rates import task_stats
 from evcore.serve.views import (
     ROW_TEXT,
     TaskQuery,
-    number,
     query_tasks,
     task_detail,
     worker_detail,
     workers_table,
 )
-from evcore.state import State, Task
+from evcore.state import State
 from evcore.state.liveness import LivenessPolicy
 
 STATIC = Path(__file__).with_name("static")
@@ -56,27 +55,13 @@ SECURITY_HEADERS = {
 
 
 @dataclass
-class Health:
-    """What the dashboard's health banner shows: the receiver's link and what was lost."""
-
-    connected: bool = True
-    lost: int = 0
-    rejected: int = 0
-    possibly_lost: int = 0
-
-
-@dataclass
 class DashboardSource:
-    """Where the dashboard reads from: the State, the activity counters and the health.
+    """The dashboard of one :class:`~evcore.serve.monitor.Monitor`, and its live streams.
 
-    ``health`` is called on every tick; ``closing`` is set when the service shuts down so
-    open streams end.
+    ``closing`` is set when the service shuts down, so open streams end at once.
     """
 
-    state: State
-    activity: Activity
-    health: Callable[[], Health] = Health
-    liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
+    monitor: Monitor
     tick: float = 0.5
     max_streams: int = 32
     stream_lifetime: float = 300.0
@@ -84,6 +69,14 @@ class DashboardSource:
     streams: int = 0
     #: The last tick's encoded summary and when it was made: every open stream shares it.
     last_tick: tuple[float, bytes] = (float("-inf"), b"")
+
+    @property
+    def state(self) -> State:
+        return self.monitor.state
+
+    @property
+    def liveness(self) -> LivenessPolicy:
+        return self.monitor.options.liveness
 
 
 class BadQuery(ValueError):
@@ -147,27 +140,62 @@ def secure(response: Response) -> Response:
     return response
 
 
+def health(monitor: Monitor) -> dict[str, Any]:
+    """What the health banner shows: the receiver's link and what was lost or refused."""
+    stats = monitor.source_stats()
+    lost = stats.lost if stats.lost is not None else monitor.state.lost_events
+    return {
+        "connected": monitor.connected or monitor.url is None,
+        "lost": sum(lost.values()),
+        "rejected": sum((stats.rejected or {}).values()) + sum(monitor.state.rejected.values()),
+        "possibly_lost": len(monitor.losses.lost),
+    }
+
+
+def outcomes_per_minute(series: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+    """``(minute, succeeded, failed)`` rows from a per-second rates series."""
+    start, types = series["start"], series["types"]
+    succeeded, failed = types.get("task-succeeded", []), types.get("task-failed", [])
+    minutes: dict[int, list[int]] = {}
+    for offset in range(max(len(succeeded), len(failed))):
+        row = minutes.setdefault((start + offset) // 60 * 60, [0, 0])
+        row[0] += succeeded[offset] if offset < len(succeeded) else 0
+        row[1] += failed[offset] if offset < len(failed) else 0
+    return [(minute, ok, bad) for minute, (ok, bad) in sorted(minutes.items())]
+
+
+def percentiles(monitor: Monitor, limit: int = 20) -> list[dict[str, Any]]:
+    """Runtime and queue-wait p50/p90/p99 of the busiest task names (from the metrics)."""
+    metrics = monitor.metrics
+    rows = []
+    for name, stats in task_stats(metrics.runtime, metrics.queue_wait).items():
+        runtime, wait = stats["runtime"] or {}, stats["queue_wait"] or {}
+        rows.append(
+            {
+                "name": name,
+                "count": runtime.get("count", 0),
+                "runtime": [runtime.get(key) for key in ("p50", "p90", "p99")],
+                "wait": [wait.get(key) for key in ("p50", "p90", "p99")],
+            }
+        )
+    rows.sort(key=lambda row: -row["count"])
+    return rows[:limit]
+
+
 def overview(source: DashboardSource) -> dict[str, Any]:
     """The summary every tick carries: health, counts by state and the charts' series."""
-    state, activity = source.state, source.activity
-    health = source.health()
+    monitor = source.monitor
+    state = monitor.state
     by_state = Counter(map(attrgetter("state"), state.tasks.values()))
+    rates = monitor.rates.series(seconds=120)
     return {
         "version": state.event_count,
-        "health": {
-            "connected": health.connected,
-            "lost": health.lost,
-            "rejected": health.rejected,
-            "possibly_lost": health.possibly_lost,
-        },
+        "health": health(monitor),
         "tasks": {"total": len(state.tasks), "by_state": {str(k): n for k, n in by_state.items()}},
         "workers": len(state.workers),
-        "rates": activity.rates(),
-        "outcomes": activity.outcomes(),
-        "percentiles": [
-            {"name": row.name, "count": row.count, "runtime": row.runtime, "wait": row.wait}
-            for row in activity.percentiles()
-        ],
+        "rates": rates["types"],
+        "outcomes": outcomes_per_minute(monitor.rates.series(seconds=600)),
+        "percentiles": percentiles(monitor),
     }
 
 
@@ -254,51 +282,3 @@ async def _ticks(source: DashboardSource, request: Request) -> AsyncIterator[byt
                 await asyncio.wait_for(source.closing.wait(), source.tick)
     finally:
         source.streams -= 1
-
-
-def observe_activity(activity: Activity) -> Callable[[Mapping[str, Any], Any], None]:
-    """A :attr:`Monitor.observers <evcore.serve.monitor.Monitor.observers>` entry feeding
-    ``activity`` with each event's type and, for tasks, the runtime or the queue wait."""
-
-    def observe(event: Mapping[str, Any], result: Any) -> None:
-        kind = event.get("type")
-        if not isinstance(kind, str):
-            return
-        subject = result[0] if result.__class__ is tuple else None
-        task = subject[0] if subject.__class__ is tuple and subject else None
-        if task.__class__ is not Task:
-            activity.observe(kind)
-            return
-        name = task.name if isinstance(task.name, str) else None
-        runtime = wait = None
-        if kind == "task-succeeded":
-            runtime = number(task.runtime)
-        elif kind == "task-started":
-            started, received = number(task.started), number(task.received)
-            if started is not None and received is not None:
-                wait = started - received
-        activity.observe(kind, name=name, runtime=runtime, wait=wait)
-
-    return observe
-
-
-def monitor_dashboard(monitor: Monitor) -> DashboardSource:
-    """A dashboard over ``monitor``'s State, fed by its events, with its health and
-    liveness windows; pass ``dashboard_routes(source)`` to ``create_app(routes=...)``."""
-    activity = Activity()
-    monitor.observers.append(observe_activity(activity))
-
-    def health() -> Health:
-        stats = monitor.source_stats()
-        lost = stats.lost if stats.lost is not None else monitor.state.lost_events
-        rejected = sum((stats.rejected or {}).values()) + sum(monitor.state.rejected.values())
-        return Health(
-            connected=monitor.connected or monitor.url is None,
-            lost=sum(lost.values()),
-            rejected=rejected,
-            possibly_lost=len(monitor.losses.lost),
-        )
-
-    return DashboardSource(
-        monitor.state, activity, health=health, liveness=monitor.options.liveness
-    )

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from evcore.aio import DEFAULT_MAXSIZE, AsyncReceiver
 from evcore.errors import ConnectionLost
 from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, SourceStats
+from evcore.serve.rates import EventRates
 from evcore.serve.recent import RecentIndex
 from evcore.serve.reconcile import Reconciler, apply_document, open_results, parse_document
+from evcore.serve.stream import EventStream
 from evcore.state import State, Task
 from evcore.state.liveness import LivenessPolicy, LossTracker, purge_offline
 from evcore.state.retention import RetentionPolicy
@@ -70,6 +72,10 @@ class Monitor:
         self.options = options = options or MonitorOptions()
         self.state = self._initial_state()
         self.losses = LossTracker(options.liveness)
+        #: Applied events, to server-sent-event clients (``/api/events/stream``).
+        self.stream = EventStream()
+        #: Events per second by type, for the dashboard's charts.
+        self.rates = EventRates()
         #: Tasks newest first, for the API's default order.
         self.recent = RecentIndex()
         self.recent.rebuild(self.state.tasks.data)
@@ -90,9 +96,6 @@ class Monitor:
             source=self.source_stats,
             extra=self._extra_metrics,
         )
-        #: Called with ``(event, result)`` for every event applied, refused ones included
-        #: (``result`` is what ``State.event`` returned): the dashboard's charts.
-        self.observers: list[Callable[[Mapping[str, Any], Any], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def _initial_state(self) -> State:
@@ -122,14 +125,17 @@ class Monitor:
         observe = self.metrics.observe
         track = self.losses.task_event
         recent = self.recent
-        observers = self.observers
+        stream = self.stream
+        count = self.rates.count
+        now = time.time()
         for event in events:
             result = feed(event)
-            for observer in observers:
-                observer(event, result)
             if result is None:
                 continue
             observe(event, result)
+            count(event["type"], now)
+            if stream.subscribers:
+                stream.publish(event)
             subject = result[0]
             if subject.__class__ is tuple and subject and subject[0].__class__ is Task:
                 track(subject[0])
@@ -160,6 +166,7 @@ class Monitor:
 
     async def stop(self) -> None:
         """Stop consuming, cancel the schedule and save the state (if a file is set)."""
+        self.stream.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -346,6 +353,16 @@ class Monitor:
         )
         yield CounterMetricFamily(
             "evcore_workers_purged", "Offline workers purged.", value=self.purged
+        )
+        yield GaugeMetricFamily(
+            "evcore_stream_clients",
+            "Clients of /api/events/stream now.",
+            value=len(self.stream.subscribers),
+        )
+        yield CounterMetricFamily(
+            "evcore_stream_dropped_events",
+            "Events dropped for stream clients that did not read fast enough.",
+            value=self.stream.dropped_total,
         )
         if self.reconciler is not None:
             reconciled = CounterMetricFamily(

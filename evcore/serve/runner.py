@@ -12,7 +12,7 @@ import uvicorn
 
 from evcore.serve.app import create_app
 from evcore.serve.auth import Credentials
-from evcore.serve.dashboard import dashboard_routes, monitor_dashboard
+from evcore.serve.dashboard import DashboardSource
 from evcore.serve.monitor import Monitor
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def run(
 ) -> None:
     """Serve until SIGTERM or SIGINT; the monitor is started and stopped (its state saved)
     by the application's lifespan. ``on_ready(host, port)`` is called once listening."""
-    dashboard = monitor_dashboard(monitor)
-    app = create_app(monitor, credentials=credentials, routes=dashboard_routes(dashboard))
+    app = create_app(monitor, credentials=credentials)
     config = uvicorn.Config(
         app,
         host=host,
@@ -52,15 +51,16 @@ def run(
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    asyncio.run(_serve(server, on_ready, dashboard.closing))
+    asyncio.run(_serve(server, monitor, app.state.dashboard, on_ready))
     if not server.started:
         raise OSError(f"could not listen on {host}:{port}")
 
 
 async def _serve(
     server: uvicorn.Server,
+    monitor: Monitor,
+    dashboard: DashboardSource | None,
     on_ready: Callable[[str, int], None] | None,
-    closing: asyncio.Event,
 ) -> None:
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
@@ -70,20 +70,24 @@ async def _serve(
         # down: the process then ends with status 0 after its own cleanup.
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, _request_exit, server, closing)
+            loop.add_signal_handler(signum, _request_exit, server, monitor, dashboard)
         if on_ready is not None:
             host, port = _bound_address(server)
             on_ready(host, port)
     await task
 
 
-def _request_exit(server: uvicorn.Server, closing: asyncio.Event) -> None:
-    """First signal: shut down gracefully (live dashboard streams end at once); a second
-    one: stop waiting for open requests."""
-    closing.set()
+def _request_exit(
+    server: uvicorn.Server, monitor: Monitor, dashboard: DashboardSource | None
+) -> None:
+    """First signal: shut down gracefully; a second one: stop waiting for open requests."""
     if server.should_exit:
         server.force_exit = True
     server.should_exit = True
+    # Open event streams would hold up the shutdown.
+    monitor.stream.close()
+    if dashboard is not None:
+        dashboard.closing.set()
 
 
 def _bound_address(server: uvicorn.Server) -> tuple[str, int]:
