@@ -1,4 +1,5 @@
-"""A tiny Celery app for the CLI's integration test: one task that works, one that fails.
+"""A tiny Celery app for the CLI's integration tests: a task that works, one that fails,
+one that sleeps (``evcore serve``'s liveness test).
 
 The broker URL and the queue come from the environment, so the worker subprocess and the
 test (the client) agree on both.
@@ -7,6 +8,7 @@ test (the client) agree on both.
 from __future__ import annotations
 
 import os
+import time
 
 from celery import Celery
 
@@ -16,6 +18,8 @@ app.conf.update(
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
+    # Where results go when a test reads Celery's result backend (none by default).
+    result_backend=os.environ.get("EVCORE_CLI_BACKEND"),
 )
 
 
@@ -27,3 +31,9 @@ def add(x: int, y: int) -> int:
 @app.task
 def boom() -> None:
     raise ValueError("boom")
+
+
+@app.task
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

@@ -13,6 +13,7 @@ from evcore.cli.demo import demo
 from evcore.cli.dump import dump
 from evcore.cli.monitor_cmd import monitor
 from evcore.cli.relay import relay
+from evcore.cli.serve import serve
 from evcore.cli.top import top
 from evcore.cli.transports_cmd import transports
 
@@ -35,6 +36,7 @@ cli.add_command(dump)
 cli.add_command(transports)
 cli.add_command(monitor)
 cli.add_command(relay)
+cli.add_command(serve)
 
 
 def main() -> None:

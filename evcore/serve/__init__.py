@@ -1,0 +1,1 @@
+"""`evcore serve`: an HTTP monitor with Prometheus metrics and a Flower-compatible API."""
