@@ -7,6 +7,7 @@ A test that reads a file through an absolute path, or climbs above the repositor
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def absolute_paths(tree: ast.AST) -> Iterator[tuple[int, str]]:
     """String constants that name an absolute location outside the system directories."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            text = node.value
+            text = os.path.normpath(node.value) if node.value.startswith("/") else node.value
             if (
                 text.startswith("/")
                 and text.count("/") >= 2
