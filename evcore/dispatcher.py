@@ -58,6 +58,9 @@ class DispatcherStats:
     publish_failures: int = 0
     #: Events the broker refused for good (a channel error); logged, not retried.
     events_refused: int = 0
+    #: Events larger than the transport's ``max_body_size``, refused before publishing
+    #: (logged; ``send()`` returned ``None`` for them).
+    events_too_large: int = 0
 
 
 class Dispatcher:
@@ -121,6 +124,8 @@ class Dispatcher:
         )
 
         rule = rule_for(self.transport.driver_type)
+        #: The largest body the transport carries in one message (None: no limit).
+        self.max_body_size = self.transport.capabilities.max_body_size
         self.exchange = Exchange(exchange, rule.exchange_type)
         #: Why this dispatcher can never send, or ``None``.
         self.disabled_reason = events_disabled_because(self.transport)
@@ -196,8 +201,25 @@ class Dispatcher:
             if self._closed:
                 return None
             event = self._build(type, fields, blind, utcoffset)
-            self._submit(routing_key, codec.dumps(event), 1, retry, retry_policy)
+            body = codec.dumps(event)
+            if self._too_large(type, len(body)):
+                return None
+            self._submit(routing_key, body, 1, retry, retry_policy)
         return event
+
+    def _too_large(self, type: str, size: int) -> bool:
+        """Count and log an event the transport cannot carry in one message."""
+        limit = self.max_body_size
+        if limit is None or size <= limit:
+            return False
+        self.stats.events_too_large += 1
+        logger.error(
+            "refused a %r event of %d bytes: the transport carries at most %d per message",
+            type,
+            size,
+            limit,
+        )
+        return True
 
     def _route(self, type: str) -> tuple[str, str]:
         """The group and routing key of an event type (remembered for the next send)."""
@@ -213,8 +235,11 @@ class Dispatcher:
             if self._closed:
                 return None
             event = self._build(type, fields, False, offset)
+            body = codec.dumps(event)
+            if self._too_large(type, len(body) + 2):  # alone in a batch: [body]
+                return None
             pending = self._group_buffer.setdefault(group, [])
-            pending.append(codec.dumps(event))
+            pending.append(body)
             if len(pending) >= self.buffer_limit:
                 self._flush_group(group, pending)
                 return event
@@ -240,7 +265,10 @@ class Dispatcher:
             return None
         with self.mutex:
             event = self._build(type, dict(fields), blind, utcoffset)
-            self._submit(routing_key_for(type), codec.dumps(event), 1, retry, retry_policy)
+            body = codec.dumps(event)
+            if self._too_large(type, len(body)):
+                return None
+            self._submit(routing_key_for(type), body, 1, retry, retry_policy)
         return event
 
     def _build(
@@ -377,10 +405,10 @@ class Dispatcher:
                 self._flush_group(group, bodies)
 
     def _flush_group(self, group: str, bodies: list[bytes]) -> None:
-        body = b"[" + b",".join(bodies) + b"]"
-        count = len(bodies)
+        routing_key = multi_routing_key(group)
+        for chunk in _fitting(bodies, self.max_body_size):
+            self._submit(routing_key, b"[" + b",".join(chunk) + b"]", len(chunk))
         bodies.clear()
-        self._submit(multi_routing_key(group), body, count)
 
     def extend_buffer(self, other: Dispatcher) -> None:
         """Take over another dispatcher's offline buffer (used when reconnecting)."""
@@ -439,3 +467,21 @@ class Dispatcher:
 
 #: Celery's name, so ``from celery.events import EventDispatcher`` ports by changing imports.
 EventDispatcher = Dispatcher
+
+
+def _fitting(bodies: list[bytes], limit: int | None) -> list[list[bytes]]:
+    """Split a batch, in order, into runs whose JSON list fits in ``limit`` bytes (each
+    body alone fits: larger ones were refused when sent)."""
+    if limit is None or sum(map(len, bodies)) + len(bodies) + 1 <= limit:
+        return [list(bodies)]
+    chunks: list[list[bytes]] = []
+    chunk: list[bytes] = []
+    size = 1  # the opening bracket; each body adds its length and a comma or the "]"
+    for body in bodies:
+        if chunk and size + len(body) + 1 > limit:
+            chunks.append(chunk)
+            chunk, size = [], 1
+        chunk.append(body)
+        size += len(body) + 1
+    chunks.append(chunk)
+    return chunks

@@ -94,6 +94,9 @@ class Capabilities:
     ``exchange_types``: the exchange types it accepts.
     ``queue_options``: the :class:`QueueOptions` fields it enforces, besides ``name``.
     ``persistent``: messages survive a subscriber that is away (a queue or a stream).
+    ``max_body_size``: the largest body, in bytes, one message may carry (a broker with a
+    small message limit: PostgreSQL's NOTIFY, SQS); ``None`` when there is none to respect.
+    A Dispatcher splits its batches to fit and refuses, counted, a single larger event.
     """
 
     broadcast: bool = True
@@ -101,6 +104,7 @@ class Capabilities:
     exchange_types: frozenset[str] = frozenset({TOPIC, FANOUT})
     queue_options: frozenset[str] = frozenset()
     persistent: bool = False
+    max_body_size: int | None = None
 
 
 @runtime_checkable

@@ -19,6 +19,7 @@ import pytest
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def in_ci() -> bool:
@@ -96,6 +97,27 @@ def amqp_url(_containers: ExitStack) -> str:
     problem = reachable(url, 5672)
     if problem:
         unavailable("RabbitMQ", problem)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(_containers: ExitStack) -> str:
+    """URL (libpq) of a real PostgreSQL: a container when Docker answers, else
+    EVCORE_POSTGRES_URL."""
+    if docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        container = _containers.enter_context(
+            PostgresContainer(
+                "postgres:16-alpine", username="postgres", password="test", dbname="test"
+            )
+        )
+        host, port = container.get_container_host_ip(), container.get_exposed_port(5432)
+        return f"postgresql://postgres:test@{host}:{port}/test"
+    url = os.environ.get("EVCORE_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    problem = reachable(url, 5432)
+    if problem:
+        unavailable("PostgreSQL", problem)
     return url
 
 
