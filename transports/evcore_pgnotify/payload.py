@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from typing import Any
 
 from evcore.codec import dumps, loads
@@ -40,7 +41,8 @@ def channel_for(exchange: str) -> str:
 
 def encode(message: OutgoingMessage, nonce: int, utf8_server: bool) -> str:
     """The payload text of ``message``. ``nonce`` makes each payload of a transaction
-    unique: PostgreSQL delivers identical payloads sent in one transaction only once."""
+    unique: PostgreSQL delivers identical payloads sent in one transaction only once.
+    Unless the server's encoding is UTF-8, the payload is kept to ASCII."""
     body = message.body
     text: str | None = None
     if b"\x00" not in body and (utf8_server or body.isascii()):
@@ -58,7 +60,10 @@ def encode(message: OutgoingMessage, nonce: int, utf8_server: bool) -> str:
     if text is None:
         meta["b"] = 1
         text = base64.b64encode(body).decode("ascii")
-    return dumps(meta).decode("utf-8") + "\n" + text
+    line = dumps(meta).decode("utf-8")
+    if not (utf8_server or line.isascii()):
+        line = json.dumps(meta, ensure_ascii=True, separators=(",", ":"))
+    return line + "\n" + text
 
 
 def decode(payload: str, exchange: str) -> IncomingMessage:
