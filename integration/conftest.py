@@ -121,6 +121,43 @@ def postgres_url(_containers: ExitStack) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """An SNS/SQS endpoint of the suite's own: moto's server on a free 127.0.0.1 port,
+    stopped at the end of the session."""
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    try:
+        server = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+    except OSError as exc:
+        unavailable("SQS (moto server)", f"cannot start {command}: {exc}")
+    deadline = time.monotonic() + 30
+    while reachable(f"http://127.0.0.1:{port}", port) and server.poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    problem = reachable(f"http://127.0.0.1:{port}", port)
+    if problem:
+        server.kill()
+        errors = server.communicate(timeout=10)[1][-2000:]
+        unavailable("SQS (moto server)", f"{problem}; is moto[server] installed? {errors}")
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(10)
+
+
 @pytest.fixture
 def exchange_name() -> str:
     """An exchange name of this test's own, so parallel runs never see each other."""
