@@ -158,6 +158,24 @@ def moto_endpoint() -> Iterator[str]:
         server.wait(10)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_binaries() -> None:
+    """redis-server (Redis 7, for sharded pub/sub) and redis-cli, to start private clusters."""
+    import shutil
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None or shutil.which("redis-cli") is None:
+        unavailable("Redis Cluster", "redis-server and redis-cli are needed on PATH")
+        return
+    version = subprocess.run(
+        [server, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    major = version.partition(" v=")[2].split(".")[0]
+    if not major.isdigit() or int(major) < 7:
+        unavailable("Redis Cluster", f"sharded pub/sub needs Redis 7 or newer: {version.strip()}")
+
+
 @pytest.fixture
 def exchange_name() -> str:
     """An exchange name of this test's own, so parallel runs never see each other."""

@@ -17,27 +17,18 @@ import time
 from collections.abc import Callable
 
 from evcore.errors import ConnectionLost, MessageRejected
-from evcore.routing import binding_matches
-from evcore.transport import DIRECT, FANOUT, IncomingMessage
+from evcore.routing import routes
+from evcore.transport import IncomingMessage
 from evcore_pgnotify.client import connect, load_psycopg, translate
 from evcore_pgnotify.payload import decode
 from evcore_pgnotify.settings import NotifySettings
 
-__all__ = ["NotifySubscription", "routes"]
+__all__ = ["NotifySubscription"]
 
 logger = logging.getLogger("evcore.pgnotify")
 
 #: How long close() waits for a blocked reader to notice the wake-up.
 _CLOSE_WAIT = 5.0
-
-
-def routes(exchange_type: str, binding_key: str, routing_key: str) -> bool:
-    """AMQP routing: fanout takes all, direct the same key, topic the matching ones."""
-    if exchange_type == FANOUT:
-        return True
-    if exchange_type == DIRECT:
-        return binding_key == routing_key
-    return binding_matches(binding_key, routing_key)
 
 
 class NotifySubscription:

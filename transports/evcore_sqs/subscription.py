@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from evcore.errors import ConnectionLost, MessageRejected
-from evcore.routing import binding_matches
-from evcore.transport import DIRECT, FANOUT, IncomingMessage
+from evcore.routing import routes
+from evcore.transport import IncomingMessage
 from evcore_sqs.client import error_code, translate
 from evcore_sqs.payload import decode, filter_policy
 from evcore_sqs.settings import SqsSettings, queue_name
 
-__all__ = ["ALIVE_TAG", "SUBSCRIPTION_TAG", "SqsSubscription", "routes"]
+__all__ = ["ALIVE_TAG", "SUBSCRIPTION_TAG", "SqsSubscription"]
 
 logger = logging.getLogger("evcore.sqs")
 
@@ -43,15 +43,6 @@ _DELETED_RECENTLY = {"AWS.SimpleQueueService.QueueDeletedRecently", "QueueDelete
 
 #: Messages one ReceiveMessage or DeleteMessageBatch call handles, at most.
 _BATCH = 10
-
-
-def routes(exchange_type: str, binding_key: str, routing_key: str) -> bool:
-    """AMQP routing: fanout takes all, direct the same key, topic the matching ones."""
-    if exchange_type == FANOUT:
-        return True
-    if exchange_type == DIRECT:
-        return binding_key == routing_key
-    return binding_matches(binding_key, routing_key)
 
 
 class SqsSubscription:
