@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from evcore import codec
+from evcore import _live, codec
 from evcore._connect import resolve_transport
 from evcore.buffer import DropPolicy, OfflineBuffer
 from evcore.clock import LamportClock, default_clock
@@ -147,6 +147,7 @@ class Dispatcher:
             logger.warning("evcore dispatcher disabled: %s", self.disabled_reason)
         elif enabled:
             self.enable()
+        _live.track(self)
 
     # -- switching on and off -------------------------------------------------------------
 
@@ -448,6 +449,11 @@ class Dispatcher:
             if self._owns_transport:
                 self._transport_closed = True
                 self.transport.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` (or ``disable()``) ran and ``enable()`` did not since."""
+        return self._closed
 
     def __enter__(self) -> Dispatcher:
         return self

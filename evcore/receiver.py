@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from evcore import codec
+from evcore import _live, codec
 from evcore._connect import resolve_transport
 from evcore.clock import LamportClock, default_clock
 from evcore.dispatcher import BOOT_HEADER, SEQ_HEADER
@@ -145,6 +145,7 @@ class Receiver:
             self._subscribe()
         except ConnectionLost as exc:
             logger.warning("receiver could not subscribe yet, will retry: %s", exc)
+        _live.track(self)
 
     # -- subscription ---------------------------------------------------------------------
 
@@ -392,6 +393,11 @@ class Receiver:
         self._drop_subscription()
         if self._owns_transport:
             self.transport.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` ran."""
+        return self._closed
 
     def __enter__(self) -> Receiver:
         return self

@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+#: A project of its own (its own rootdir and conftest), run by tests/test_pytest_plugin.py.
+collect_ignore = ["sample_project"]
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
