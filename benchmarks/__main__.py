@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import dispatch, inproc, raw, report
+from benchmarks import dispatch, inproc, raw, report, transports
 from benchmarks.common import ROOT, Row, Settings, log, pika_parameters, settings_for
 
 SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
@@ -23,6 +23,7 @@ SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
     "state": inproc.state_section,
     "memory": inproc.memory_section,
     "raw": raw.raw_section,
+    "transports": transports.transports_section,
 }
 
 
@@ -67,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("EVCORE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
     )
     parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("EVCORE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     settings = settings_for(options.quick, options.reps, options.redis_url, options.amqp_url)
+    settings.postgres_url = options.postgres_url
     out = options.out or (None if options.quick else ROOT / "benchmarks" / "RESULTS.md")
     started = time.monotonic()
     rows: list[Row] = []

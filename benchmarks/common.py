@@ -40,6 +40,8 @@ class Settings:
     memory_tasks: tuple[int, ...]
     #: Messages per raw-limit run.
     raw_messages: int
+    #: The PostgreSQL of the transports section (a libpq URL).
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def settings_for(quick: bool, reps: int | None, redis_url: str, amqp_url: str) -> Settings:
