@@ -192,12 +192,17 @@ class SqsTransport:
         return deleted
 
     def close(self) -> None:
-        """Close every subscription (deleting its queue); safe to call twice."""
+        """Close every subscription (deleting its queue) and the clients' connections; safe
+        to call twice."""
         self._closed = True
         with self._lock:
             subscriptions = list(self._subscriptions)
         for subscription in subscriptions:
             subscription.close()
+        with self._lock:
+            clients, self._clients = self._clients, None
+        for client in clients or ():
+            client.close()
 
     def __repr__(self) -> str:
         return f"<SqsTransport {self.settings.address}>"
