@@ -11,13 +11,13 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from benchmarks import dispatch, inproc, raw, report, transports
 from benchmarks.common import ROOT, Row, Settings, log, pika_parameters, settings_for
 
-SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
+SECTIONS: dict[str, Callable[[Settings], Iterable[Row]]] = {
     "dispatch": dispatch.dispatch_section,
     "e2e": dispatch.e2e_section,
     "state": inproc.state_section,
