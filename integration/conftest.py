@@ -124,10 +124,11 @@ def postgres_url(_containers: ExitStack) -> str:
     return url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    """An SNS/SQS endpoint of the suite's own: moto's server on a free 127.0.0.1 port,
-    stopped at the end of the session."""
+    """An SNS/SQS endpoint of the module's own: moto's server on a free 127.0.0.1 port,
+    stopped when the module's tests are done (a fresh server per module keeps what one
+    module leaves behind from slowing the next)."""
     import subprocess
     import sys
     import time

@@ -15,6 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "redis": ("EVCORE_REDIS_URL", "redis://127.0.0.1:{port}/0", "test_redis_live.py"),
     "amqp": ("EVCORE_AMQP_URL", "amqp://guest:guest@127.0.0.1:{port}//", "test_amqp_wire.py"),
+    "postgres": (
+        "EVCORE_POSTGRES_URL",
+        "postgresql://postgres@127.0.0.1:{port}/test",
+        "test_pgnotify_faults.py",
+    ),
 }
 
 

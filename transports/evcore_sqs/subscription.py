@@ -224,10 +224,16 @@ class SqsSubscription:
         if self._closed.is_set():
             return
         self._closed.set()
-        if self._dead:
-            logger.info("left SQS queue %r for the next subscription to it", self.name)
-        else:
-            self._remove()
+        # A poll in progress ends first: the queue is not deleted under a waiting request.
+        reading = self._io.acquire(timeout=self._settings.wait_time_seconds + 5)
+        try:
+            if self._dead:
+                logger.info("left SQS queue %r for the next subscription to it", self.name)
+            else:
+                self._remove()
+        finally:
+            if reading:
+                self._io.release()
         self._on_close(self)
 
     def _remove(self) -> None:
