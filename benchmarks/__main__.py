@@ -11,13 +11,13 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from benchmarks import dispatch, durable, inproc, nats, raw, relay, report
+from benchmarks import dispatch, durable, inproc, nats, raw, relay, report, transports
 from benchmarks.common import ROOT, Row, Settings, log, pika_parameters, settings_for
 
-SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
+SECTIONS: dict[str, Callable[[Settings], Iterable[Row]]] = {
     "dispatch": dispatch.dispatch_section,
     "e2e": dispatch.e2e_section,
     "state": inproc.state_section,
@@ -26,6 +26,7 @@ SECTIONS: dict[str, Callable[[Settings], list[Row]]] = {
     "durable": durable.durable_section,
     "relay": relay.relay_section,
     "nats": nats.nats_section,
+    "transports": transports.transports_section,
 }
 
 
@@ -70,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("EVCORE_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"),
     )
     parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("EVCORE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -84,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for(options.quick, options.reps, options.redis_url, options.amqp_url)
     if options.replay_events:
         settings.replay_events = options.replay_events
+    settings.postgres_url = options.postgres_url
     out = options.out or (None if options.quick else ROOT / "benchmarks" / "RESULTS.md")
     started = time.monotonic()
     rows: list[Row] = []

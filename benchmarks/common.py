@@ -44,6 +44,8 @@ class Settings:
     replay_events: int = 200_000
     burst_events: int = 300_000
     kill_events: int = 200_000
+    #: The PostgreSQL of the transports section (a libpq URL).
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def settings_for(quick: bool, reps: int | None, redis_url: str, amqp_url: str) -> Settings:

@@ -66,6 +66,9 @@ class DispatcherStats:
     publish_failures: int = 0
     #: Events the broker refused for good (a channel error); logged, not retried.
     events_refused: int = 0
+    #: Events larger than the transport's ``max_body_size``, refused before publishing
+    #: (logged; ``send()`` returned ``None`` for them).
+    events_too_large: int = 0
 
 
 class Dispatcher:
@@ -142,6 +145,8 @@ class Dispatcher:
             offline_buffer_limit, offline_buffer_bytes, offline_drop_policy
         )
 
+        #: The largest body the transport carries in one message (None: no limit).
+        self.max_body_size = self.transport.capabilities.max_body_size
         #: Why this dispatcher can never send, or ``None``.
         self.disabled_reason = events_disabled_because(self.transport)
         self.exchange = Exchange(exchange, exchange_type_for(self.transport) or TOPIC)
@@ -226,7 +231,10 @@ class Dispatcher:
             if self._closed:
                 return None
             event = self._build(type, fields, blind, utcoffset)
-            self._submit(routing_key, codec.dumps(event), 1, retry, retry_policy, lane)
+            body = codec.dumps(event)
+            if self._too_large(type, len(body)):
+                return None
+            self._submit(routing_key, body, 1, retry, retry_policy, lane)
         return event
 
     def _lane(self, fields: Mapping[str, Any]) -> int:
@@ -237,6 +245,20 @@ class Dispatcher:
         if task_id.__class__ is str:
             return partition_for(task_id, self.partitions)
         return EVERY_PARTITION
+
+    def _too_large(self, type: str, size: int) -> bool:
+        """Count and log an event the transport cannot carry in one message."""
+        limit = self.max_body_size
+        if limit is None or size <= limit:
+            return False
+        self.stats.events_too_large += 1
+        logger.error(
+            "refused a %r event of %d bytes: the transport carries at most %d per message",
+            type,
+            size,
+            limit,
+        )
+        return True
 
     def _route(self, type: str) -> tuple[str, str]:
         """The group and routing key of an event type (remembered for the next send)."""
@@ -257,8 +279,11 @@ class Dispatcher:
             if self._closed:
                 return None
             event = self._build(type, fields, False, offset)
+            body = codec.dumps(event)
+            if self._too_large(type, len(body) + 2):  # alone in a batch: [body]
+                return None
             pending = self._group_buffer.setdefault((group, lane), [])
-            pending.append(codec.dumps(event))
+            pending.append(body)
             if len(pending) >= self.buffer_limit:
                 self._flush_group(group, lane, pending)
                 return event
@@ -286,6 +311,8 @@ class Dispatcher:
         with self.mutex:
             event = self._build(type, dict(fields), blind, utcoffset)
             body = codec.dumps(event)
+            if self._too_large(type, len(body)):
+                return None
             self._submit(routing_key_for(type), body, 1, retry, retry_policy, lane)
         return event
 
@@ -433,10 +460,10 @@ class Dispatcher:
                 self._flush_group(group, lane, bodies)
 
     def _flush_group(self, group: str, lane: int | None, bodies: list[bytes]) -> None:
-        body = b"[" + b",".join(bodies) + b"]"
-        count = len(bodies)
+        routing_key = multi_routing_key(group)
+        for chunk in _fitting(bodies, self.max_body_size):
+            self._submit(routing_key, b"[" + b",".join(chunk) + b"]", len(chunk), lane=lane)
         bodies.clear()
-        self._submit(multi_routing_key(group), body, count, lane=lane)
 
     def extend_buffer(self, other: Dispatcher) -> None:
         """Take over another dispatcher's offline buffer (used when reconnecting)."""
@@ -505,3 +532,21 @@ class Dispatcher:
 
 #: Celery's name, so ``from celery.events import EventDispatcher`` ports by changing imports.
 EventDispatcher = Dispatcher
+
+
+def _fitting(bodies: list[bytes], limit: int | None) -> list[list[bytes]]:
+    """Split a batch, in order, into runs whose JSON list fits in ``limit`` bytes (each
+    body alone fits: larger ones were refused when sent)."""
+    if limit is None or sum(map(len, bodies)) + len(bodies) + 1 <= limit:
+        return [list(bodies)]
+    chunks: list[list[bytes]] = []
+    chunk: list[bytes] = []
+    size = 1  # the opening bracket; each body adds its length and a comma or the "]"
+    for body in bodies:
+        if chunk and size + len(body) + 1 > limit:
+            chunks.append(chunk)
+            chunk, size = [], 1
+        chunk.append(body)
+        size += len(body) + 1
+    chunks.append(chunk)
+    return chunks

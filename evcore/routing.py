@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from evcore.transport import FANOUT, TOPIC, Transport
+from evcore.transport import DIRECT, FANOUT, TOPIC, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,21 @@ def events_disabled_because(transport: Transport) -> str | None:
             f"none of which can carry events ({' or '.join(EVENT_EXCHANGE_TYPES)} needed)"
         )
     return reason
+
+
+def routes(exchange_type: str, binding_key: str, routing_key: str) -> bool:
+    """Whether an exchange of ``exchange_type`` delivers ``routing_key`` to a queue bound
+    with ``binding_key``, with AMQP semantics: fanout delivers everything, direct the same
+    key, topic what :func:`binding_matches`. Adapters that route by themselves use it.
+
+    >>> routes("fanout", "x", "y"), routes("direct", "a.b", "a.b"), routes("topic", "a.*", "a")
+    (True, True, False)
+    """
+    if exchange_type == FANOUT:
+        return True
+    if exchange_type == DIRECT:
+        return binding_key == routing_key
+    return binding_matches(binding_key, routing_key)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -107,6 +107,9 @@ class Capabilities:
     implements :class:`DurableTransport` (``subscribe_stream``).
     ``partitions``: how many partitions its streams have (fixed per deployment, 1 for
     pub/sub transports).
+    ``max_body_size``: the largest body, in bytes, one message may carry (a broker with a
+    small message limit: PostgreSQL's NOTIFY, SQS); ``None`` when there is none to respect.
+    A Dispatcher splits its batches to fit and refuses, counted, a single larger event.
     """
 
     broadcast: bool = True
@@ -116,6 +119,7 @@ class Capabilities:
     persistent: bool = False
     durable: bool = False
     partitions: int = 1
+    max_body_size: int | None = None
 
 
 @runtime_checkable

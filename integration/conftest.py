@@ -23,6 +23,7 @@ collect_ignore = ["sample_project"]
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def in_ci() -> bool:
@@ -117,6 +118,83 @@ def nats_url(_containers: ExitStack) -> str:
     if problem:
         unavailable("NATS", problem)
     return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(_containers: ExitStack) -> str:
+    """URL (libpq) of a real PostgreSQL: a container when Docker answers, else
+    EVCORE_POSTGRES_URL."""
+    if docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        container = _containers.enter_context(
+            PostgresContainer(
+                "postgres:16-alpine", username="postgres", password="test", dbname="test"
+            )
+        )
+        host, port = container.get_container_host_ip(), container.get_exposed_port(5432)
+        return f"postgresql://postgres:test@{host}:{port}/test"
+    url = os.environ.get("EVCORE_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    problem = reachable(url, 5432)
+    if problem:
+        unavailable("PostgreSQL", problem)
+    return url
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """An SNS/SQS endpoint of the module's own: moto's server on a free 127.0.0.1 port,
+    stopped when the module's tests are done (a fresh server per module keeps what one
+    module leaves behind from slowing the next)."""
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    try:
+        server = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+    except OSError as exc:
+        unavailable("SQS (moto server)", f"cannot start {command}: {exc}")
+    deadline = time.monotonic() + 30
+    while reachable(f"http://127.0.0.1:{port}", port) and server.poll() is None:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    problem = reachable(f"http://127.0.0.1:{port}", port)
+    if problem:
+        server.kill()
+        errors = server.communicate(timeout=10)[1][-2000:]
+        unavailable("SQS (moto server)", f"{problem}; is moto[server] installed? {errors}")
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_binaries() -> None:
+    """redis-server (Redis 7, for sharded pub/sub) and redis-cli, to start private clusters."""
+    import shutil
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None or shutil.which("redis-cli") is None:
+        unavailable("Redis Cluster", "redis-server and redis-cli are needed on PATH")
+        return
+    version = subprocess.run(
+        [server, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    major = version.partition(" v=")[2].split(".")[0]
+    if not major.isdigit() or int(major) < 7:
+        unavailable("Redis Cluster", f"sharded pub/sub needs Redis 7 or newer: {version.strip()}")
 
 
 @pytest.fixture

@@ -16,6 +16,11 @@ CASES = {
     "redis": ("EVCORE_REDIS_URL", "redis://127.0.0.1:{port}/0", "test_redis_live.py"),
     "amqp": ("EVCORE_AMQP_URL", "amqp://guest:guest@127.0.0.1:{port}//", "test_amqp_wire.py"),
     "nats": ("EVCORE_NATS_URL", "nats://127.0.0.1:{port}", "test_nats_conformance.py"),
+    "postgres": (
+        "EVCORE_POSTGRES_URL",
+        "postgresql://postgres@127.0.0.1:{port}/test",
+        "test_pgnotify_faults.py",
+    ),
 }
 #: Each case runs in the tox environment of its broker (its client library is installed there).
 BROKERS = [pytest.param(name, marks=getattr(pytest.mark, name)) for name in sorted(CASES)]

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from _net import wait_for
 
 from evcore import Receiver
 
@@ -39,10 +40,24 @@ def redis_events(request: pytest.FixtureRequest) -> str:
     return on_db(request.getfixturevalue("redis_url"), EVENTS_DB)
 
 
+def sqs_events(request: pytest.FixtureRequest) -> str:
+    from _sqs_support import sqs_url
+
+    return sqs_url(request.getfixturevalue("moto_endpoint"))
+
+
+def postgres_events(request: pytest.FixtureRequest) -> str:
+    from _pgnotify_support import notify_url
+
+    return notify_url(request.getfixturevalue("postgres_url"))
+
+
 #: Transport name -> how to get the URL the worker's events go through. Add a transport
 #: here (with its mark) to run the whole test over it.
 EVENT_TRANSPORTS: dict[str, Callable[[pytest.FixtureRequest], str]] = {
     "redis": redis_events,
+    "sqs": sqs_events,
+    "postgres": postgres_events,
 }
 
 
@@ -161,13 +176,19 @@ def test_a_celery_worker_publishes_every_tasks_lifecycle_through_evcore(
     request: pytest.FixtureRequest,
 ) -> None:
     seen = Seen(events_url, environment["EVCORE_CELERY_EXCHANGE"])
-    dump = start(["events", "--dump"], environment, stdout=subprocess.PIPE,
-                 stderr=subprocess.DEVNULL)
+    dump = start(["events", "--dump"], {**environment, "PYTHONUNBUFFERED": "1"},
+                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    # Read as it comes: on a polling transport (SQS) the dump may lag the test's Receiver.
+    dumped: list[str] = []
+    reader = threading.Thread(target=lambda: dumped.extend(dump.stdout or ()), daemon=True)
+    reader.start()
     try:
         worker = request.getfixturevalue("worker")
         seen.until(lambda events: any(
             e["type"] == "worker-online" and e["hostname"] == worker_name for e in events
         ))
+        # The dump is listening once it shows the worker (at the latest its next heartbeat).
+        assert wait_for(lambda: worker_name in "".join(dumped), DEADLINE), "".join(dumped)
         app = client()
         tasks = [app.add.delay(2, 3), app.boom.delay(), app.progress.delay(), app.add.delay(1, 1)]
         ends = {"task-succeeded", "task-failed"}
@@ -197,10 +218,16 @@ def test_a_celery_worker_publishes_every_tasks_lifecycle_through_evcore(
         errors = worker.stderr.read() if worker.stderr else ""
         # The only traceback logged is the failing task's own.
         assert worker.returncode == 0 and errors.count("Traceback") == 1, errors
+        expected = [
+            f"task succeeded: celery_evcore_app.add({tasks[0].id})",
+            f"task failed: celery_evcore_app.boom({tasks[1].id})",
+        ]
+        wait_for(lambda: all(line in "".join(dumped) for line in expected), DEADLINE)
     finally:
         seen.close()
         stop(dump)
+        reader.join(timeout=5)
     # celery events --dump read the same events through app.events.Receiver (evcore's).
-    output = dump.stdout.read() if dump.stdout else ""
-    assert f"task succeeded: celery_evcore_app.add({tasks[0].id})" in output, output[-2000:]
-    assert f"task failed: celery_evcore_app.boom({tasks[1].id})" in output
+    output = "".join(dumped)
+    for line in expected:
+        assert line in output, output[-2000:]

@@ -134,7 +134,7 @@ def test_an_unknown_scheme_names_the_setting() -> None:
     with pytest.raises(ConfigurationError, match="evcore_events_url"):
         app.events.Dispatcher(enabled=False)
     app.conf.evcore_events_url = None
-    app.conf.broker_url = "sqs://"
+    app.conf.broker_url = "nosuchbroker://"
     with pytest.raises(ConfigurationError, match="broker_url"):
         app.events.Dispatcher(enabled=False)
 

@@ -323,3 +323,32 @@ def test_a_transport_that_cannot_broadcast_disables_events(bus_url: str) -> None
     assert "broadcast" in dispatcher.disabled_reason
     with pytest.raises(evcore.EventsDisabled, match="broadcast"):
         evcore.Receiver(transport)
+
+
+def test_batches_split_to_fit_a_transports_body_limit_and_larger_events_are_refused(
+    bus_url: str,
+) -> None:
+    from dataclasses import replace
+
+    transport = evcore.connect(bus_url)
+    transport.capabilities = replace(transport.capabilities, max_body_size=600)  # type: ignore[misc]
+    tap = transport.subscribe(EXCHANGE, "#", QueueOptions("tap"))
+    dispatcher = Dispatcher(transport, hostname="w1@limit", buffer_group={"task"}, buffer_limit=8)
+    sent = [dispatcher.send("task-received", uuid=f"t{n}", pad="x" * 40) for n in range(8)]
+    assert all(event is not None for event in sent)
+    assert dispatcher.send("task-failed", uuid="big", traceback="x" * 700) is None
+    assert dispatcher.send("worker-online", blob="y" * 700) is None
+    assert dispatcher.publish("task-sent", {"uuid": "huge", "args": "z" * 700}) is None
+    dispatcher.flush()
+
+    messages = drain(tap)
+    assert len(messages) > 1, "the batch was not split"
+    assert all(len(m.body) <= 600 for m in messages)
+    events = [event for m in messages for event in json.loads(m.body)]
+    assert [event["uuid"] for event in events] == [f"t{n}" for n in range(8)]
+    seqs = [m.headers["evcore-seq"] for m in messages]
+    counts = [len(json.loads(m.body)) for m in messages]
+    assert seqs == [1 + sum(counts[:i]) for i in range(len(counts))]
+    assert dispatcher.stats.events_too_large == 3
+    assert dispatcher.stats.events_sent == 8
+    transport.close()

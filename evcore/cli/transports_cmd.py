@@ -24,4 +24,9 @@ def transports() -> None:
     for info in infos:
         provider = f"{info.distribution} {info.version}".strip()
         table.add_row(f"{info.scheme}://", info.target, provider)
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    # Never cut a name short: a terminal narrower than the table gets long lines instead.
+    width = console.measure(table, options=console.options.update_width(10_000)).maximum
+    if width > console.width:
+        console = Console(soft_wrap=True, width=width)
+    console.print(table)

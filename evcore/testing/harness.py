@@ -9,8 +9,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from evcore.routing import binding_matches
-from evcore.transport import DIRECT, FANOUT, IncomingMessage, Subscription
+from evcore.routing import routes
+from evcore.transport import IncomingMessage, Subscription
+
+__all__ = [
+    "Outcome",
+    "bodies",
+    "body_seen",
+    "collect",
+    "count_reached",
+    "finish_bounded",
+    "routes",
+    "run_bounded",
+    "start_bounded",
+    "unique_name",
+]
 
 T = TypeVar("T")
 
@@ -18,15 +31,6 @@ T = TypeVar("T")
 def unique_name(prefix: str = "evconf") -> str:
     """A fresh exchange or queue name, so that every check is independent of the others."""
     return f"{prefix}.{uuid.uuid4().hex[:12]}"
-
-
-def routes(exchange_type: str, binding_key: str, routing_key: str) -> bool:
-    """Whether a broker applying AMQP semantics delivers ``routing_key`` to ``binding_key``."""
-    if exchange_type == FANOUT:
-        return True
-    if exchange_type == DIRECT:
-        return binding_key == routing_key
-    return binding_matches(binding_key, routing_key)
 
 
 def collect(
