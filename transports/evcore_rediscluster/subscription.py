@@ -11,8 +11,6 @@ again, on the node that serves the slot now.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -21,19 +19,20 @@ from evcore.errors import ConnectionLost, MessageRejected
 from evcore.routing import routes
 from evcore.transport import IncomingMessage
 from evcore_adapter_helpers.envelope import unpack
-from evcore_redis.client import connection_for, load_redis, shutdown_socket, translate
+from evcore_redis.client import connection_for, load_redis, translate
+from evcore_redis.reader import PubSubReader
+from evcore_redis.settings import RedisSettings
 from evcore_rediscluster.settings import ClusterSettings
 
 __all__ = ["ClusterSubscription"]
 
 logger = logging.getLogger("evcore.rediscluster")
 
-#: How long close() waits for a blocked reader to notice the shut-down socket.
-_CLOSE_WAIT = 5.0
 
-
-class ClusterSubscription:
+class ClusterSubscription(PubSubReader):
     """Messages of one exchange's sharded channel whose routing key the binding matches."""
+
+    broker = "Redis Cluster"
 
     def __init__(
         self,
@@ -53,16 +52,12 @@ class ClusterSubscription:
         self._binding = binding_key
         self._on_close = on_close
         redis = load_redis()
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
-        self._io = threading.Lock()
-        self._closed = threading.Event()
-        self._dead = False
-        self._ping_sent: float | None = None
+        self._errors = (redis.RedisError, OSError)
         self.node = node
         self._node_settings = replace(settings.node, host=node[0], port=node[1])
         self._connection: Any = None
         self._attach(node)
-        self._last_read = time.monotonic()
+        self._start_reading()
 
     def _attach(self, node: tuple[str, int]) -> None:
         """SSUBSCRIBE on ``node``, following MOVED answers to the node that serves the slot."""
@@ -95,78 +90,8 @@ class ClusterSubscription:
         )
 
     @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._closed.is_set()
-
-    def receive(self, timeout: float | None = None) -> list[IncomingMessage]:
-        """Wait up to ``timeout`` seconds for a message, then return it with every message
-        already buffered behind it; ``[]`` on timeout or close."""
-        if self._closed.is_set():
-            return []
-        with self._io:
-            if self._dead:
-                raise ConnectionLost("this Redis Cluster subscription was dropped; subscribe again")
-            try:
-                return self._receive(timeout)
-            except self._errors as exc:
-                self._connection.disconnect()
-                if self._closed.is_set():
-                    return []
-                self._dead = True
-                raise translate(exc, "receiving", self._node_settings) from exc
-            except ConnectionLost:
-                self._connection.disconnect()
-                self._dead = True
-                raise
-            finally:
-                if self._closed.is_set():
-                    self._connection.disconnect()
-
-    def _receive(self, timeout: float | None) -> list[IncomingMessage]:
-        connection = self._connection
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        received: list[IncomingMessage] = []
-        while not self._closed.is_set():
-            if connection.can_read(self._wait(deadline)):
-                self._drain(received)
-                if received:
-                    return received
-                continue
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            self._check_health(now)
-        return received
-
-    def _wait(self, deadline: float | None) -> float | None:
-        wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        interval = self._settings.node.health_check_interval
-        if interval:
-            base = self._last_read + interval if self._ping_sent is None else (
-                self._ping_sent + self._ping_grace()
-            )
-            until = max(base - time.monotonic(), 0.0)
-            wait = until if wait is None else min(wait, until)
-        return wait
-
-    def _ping_grace(self) -> float:
-        node = self._settings.node
-        return node.socket_timeout or node.health_check_interval
-
-    def _check_health(self, now: float) -> None:
-        """PING a silent connection; give it up when the PING goes unanswered."""
-        if not self._settings.node.health_check_interval:
-            return
-        if self._ping_sent is None:
-            if now - self._last_read >= self._settings.node.health_check_interval:
-                self._connection.send_command("PING", check_health=False)
-                self._ping_sent = now
-        elif now - self._ping_sent >= self._ping_grace():
-            raise ConnectionLost(
-                f"Redis Cluster node {self.node[0]}:{self.node[1]} did not answer a "
-                f"health-check PING within {self._ping_grace():g} s"
-            )
+    def reader_settings(self) -> RedisSettings:
+        return self._node_settings
 
     def _drain(self, received: list[IncomingMessage]) -> None:
         connection = self._connection
@@ -186,8 +111,6 @@ class ClusterSubscription:
                     )
             if len(received) >= limit or not connection.can_read(0):
                 break
-        self._last_read = time.monotonic()
-        self._ping_sent = None
 
     def _decode(self, payload: bytes) -> IncomingMessage | None:
         try:
@@ -200,23 +123,8 @@ class ClusterSubscription:
             return None
         return replace(message, exchange=self.exchange)
 
-    def close(self) -> None:
-        """Unsubscribe by dropping the connection; wakes a blocked :meth:`receive`."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        if self._io.acquire(blocking=False) or self._wake_reader():
-            try:
-                self._connection.disconnect()
-            except Exception:
-                logger.debug("error while closing a Redis Cluster subscription", exc_info=True)
-            finally:
-                self._io.release()
+    def _on_closed(self) -> None:
         self._on_close(self)
-
-    def _wake_reader(self) -> bool:
-        shutdown_socket(self._connection)
-        return self._io.acquire(timeout=_CLOSE_WAIT)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "dead" if self._dead else "open"
