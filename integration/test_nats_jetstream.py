@@ -237,7 +237,9 @@ def test_a_stream_deleted_under_a_dispatcher_is_made_again_and_nothing_is_lost(
             receiver.capture(limit=2, timeout=10)
     finally:
         admin.close()
-    assert seen == [1, 2]  # the first went with the deleted stream
+    # The first went with the deleted stream. t1 and t2 sit in different partitions, and a
+    # reader of several partitions keeps order within each partition only.
+    assert sorted(seen) == [1, 2]
 
 
 def read_keys(reader: JetStreamSubscription, count: int) -> list[str]:
