@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -13,8 +14,10 @@ from types import TracebackType
 from typing import Any
 
 from evcore.errors import ConfigurationError
-from evcore.receiver import Handler, Receiver, ReceiverStats
+from evcore.receiver import Handler, LossHandler, Receiver, ReceiverStats
 from evcore.transport import Transport
+
+logger = logging.getLogger(__name__)
 
 #: Events queued between the consuming thread and the event loop by default.
 DEFAULT_MAXSIZE = 10_000
@@ -22,6 +25,35 @@ DEFAULT_MAXSIZE = 10_000
 DEFAULT_BATCH = 500
 #: How long the consuming thread waits for room before looking at ``closed`` again.
 _WAIT_SLICE = 0.2
+#: How long one capture of the consuming thread lasts: on a durable stream, how far apart
+#: stream marks are at most, and how long :meth:`AsyncReceiver.finish` may take to stop it.
+_CAPTURE_SLICE = 0.5
+#: Relay event keys a stream mark carries (the most recent), as a checkpoint keeps them.
+MARK_IDS = 20_000
+
+
+@dataclass(frozen=True)
+class StreamMark:
+    """Where a durable stream stands once the events delivered before it are applied.
+
+    Saved with a State fed exactly those events, it lets a restarted receiver resume after
+    them (``positions`` through ``on_assigned``, ``sequences=`` and ``seen_ids=`` for the
+    Receiver), applying nothing twice and counting nothing lost twice.
+    """
+
+    #: Per partition, the position of the last message whose events all came before.
+    positions: Mapping[int, str]
+    #: The sender lanes (``Receiver.sequences()``) at that point.
+    sequences: Mapping[str, Any]
+    #: The most recent relay event keys with their partitions (``Receiver.seen_ids()``).
+    seen_ids: tuple[tuple[str, int | None], ...]
+    #: Events queued before it, since the AsyncReceiver started.
+    events: int
+
+
+#: What the consuming thread puts beside the events: a stream mark, or a loss report
+#: ``(hostname, count)``; each with the number of events queued before it.
+_Control = tuple[int, StreamMark | tuple[str, int]]
 
 
 @dataclass
@@ -38,6 +70,8 @@ class AsyncReceiverStats:
     full_seconds: float = 0.0
     #: Events still queued when the receiver was closed (never delivered).
     dropped_on_close: int = 0
+    #: Stream marks put beside the events (durable streams only).
+    marks: int = 0
 
 
 class AsyncReceiver:
@@ -48,8 +82,13 @@ class AsyncReceiver:
     :meth:`batches` (lists, cheaper at high rates). When the queue is full the worker
     thread waits, so the broker's own buffering and limits apply instead of this process
     growing without bound. ``handlers`` run in the worker thread, before the event is
-    queued (a thread-safe :class:`~evcore.state.State` may be fed there). The other
-    keyword arguments are the Receiver's.
+    queued (a thread-safe :class:`~evcore.state.State` may be fed there). ``on_loss`` is
+    called on the event loop, in order with the events: just before the first event
+    delivered after the gap. The other keyword arguments are the Receiver's.
+
+    On a durable stream the worker thread also puts a :class:`StreamMark` between the
+    events about twice a second: :meth:`marked_batches` hands each over after the events
+    it follows, and a State fed exactly those events is saved with it as a checkpoint.
 
     >>> import asyncio
     >>> from evcore import Dispatcher
@@ -77,12 +116,19 @@ class AsyncReceiver:
             raise ConfigurationError("maxsize must be at least 1")
         if "handlers" in receiver_options:
             raise ConfigurationError("pass handlers as the handlers argument")
+        self._on_loss: LossHandler | None = receiver_options.pop("on_loss", None)
+        if self._on_loss is not None:
+            receiver_options["on_loss"] = self._queue_loss
         self.maxsize = maxsize
         self.stats = AsyncReceiverStats()
         self._target = transport_or_url
         self._options = receiver_options
         self._handlers = dict(handlers or {})
         self._queue: deque[dict[str, Any]] = deque()
+        #: Marks and loss reports, in order, each after the events queued before it.
+        self._controls: deque[_Control] = deque()
+        self._last_marked: tuple[int, dict[int, str]] | None = None
+        self._finishing = False
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -111,6 +157,13 @@ class AsyncReceiver:
             target=self._consume, args=(receiver,), name="evcore-aio-receiver", daemon=True
         )
         self._thread.start()
+
+    def finish(self) -> None:
+        """Stop taking messages from the broker, and end iteration once the events already
+        taken are delivered (within a capture slice, half a second). On a durable stream
+        the last of them is followed by a final :class:`StreamMark`. :meth:`aclose` is
+        still needed to release the subscription."""
+        self._finishing = True
 
     async def aclose(self) -> None:
         """Stop consuming, wait for the worker thread and release the queue. Events still
@@ -147,9 +200,12 @@ class AsyncReceiver:
     # -- the worker thread ----------------------------------------------------------------
 
     def _consume(self, receiver: Receiver) -> None:
+        durable = receiver.stream is not None
         try:
-            while not self._closed:
-                receiver.capture(timeout=_WAIT_SLICE * 5)
+            while not self._closed and not self._finishing:
+                receiver.capture(timeout=_CAPTURE_SLICE)
+                if durable:
+                    self._queue_mark(receiver)
         except BaseException as exc:
             self._failure = exc
         finally:
@@ -178,6 +234,37 @@ class AsyncReceiver:
         if waiting:
             self._wake()
 
+    def _queue_mark(self, receiver: Receiver) -> None:
+        """Put a stream mark after the events queued so far (consuming thread; only when
+        every event read is handled, and only when something moved)."""
+        if receiver.pending_events or self._closed:
+            return
+        positions = receiver.positions()
+        events = self.stats.queued
+        if self._last_marked == (events, positions):
+            return
+        self._last_marked = (events, positions)
+        mark = StreamMark(
+            positions, receiver.sequences(), tuple(receiver.seen_ids(MARK_IDS)), events
+        )
+        with self._room:
+            self._controls.append((events, mark))
+            self.stats.marks += 1
+            waiting = self._waiter is not None
+        if waiting:
+            self._wake()
+
+    def _queue_loss(self, hostname: str, count: int) -> None:
+        """The Receiver's ``on_loss``: queue the report in order with the events."""
+        receiver = self._receiver
+        # Found while decoding a message: the events decoded before it are not queued yet.
+        before = receiver.pending_events if receiver is not None else 0
+        with self._room:
+            self._controls.append((self.stats.queued + before, (hostname, count)))
+            waiting = self._waiter is not None
+        if waiting:
+            self._wake()
+
     def _wake(self) -> None:
         """Resolve the event loop's waiter, from any thread."""
         loop = self._loop
@@ -199,21 +286,59 @@ class AsyncReceiver:
         Raises :class:`StopAsyncIteration` once closed (or when the worker thread ended),
         and re-raises what ended the worker thread if it failed.
         """
+        while True:
+            batch, _ = await self.get_marked_batch(limit)
+            if batch:
+                return batch
+
+    async def get_marked_batch(
+        self, limit: int = DEFAULT_BATCH
+    ) -> tuple[list[dict[str, Any]], StreamMark | None]:
+        """Like :meth:`get_batch`, with the :class:`StreamMark` that follows the events, if
+        one does: once they are applied, the State stands exactly at that mark. Every mark
+        is handed over once, after its events; one reached with no new event comes with an
+        empty list. On pub/sub the mark is always None.
+        """
         if self._receiver is None and not self._closed:
             await self.start()
+        limit = max(1, limit)
         queue = self._queue
+        controls = self._controls
+        stats = self.stats
         while True:
+            losses: list[tuple[str, int]] = []
+            batch: list[dict[str, Any]] = []
+            mark: StreamMark | None = None
             with self._room:
-                if queue:
+                # What is due before the next event: loss reports, then at most one mark.
+                while controls and controls[0][0] <= stats.delivered and mark is None:
+                    item = controls.popleft()[1]
+                    if isinstance(item, StreamMark):
+                        mark = item
+                    else:
+                        losses.append(item)
+                if mark is None and queue:
                     count = min(limit, len(queue))
+                    if controls:  # a batch ends where the next mark or loss report sits
+                        count = min(count, controls[0][0] - stats.delivered)
                     batch = [queue.popleft() for _ in range(count)]
-                    self.stats.delivered += count
+                    stats.delivered += count
                     self._room.notify()
-                    return batch
-                if self._closed or self._finished:
-                    break
-                loop = asyncio.get_running_loop()
-                waiter = self._waiter = loop.create_future()
+                    following = controls[0][1] if controls else None
+                    if isinstance(following, StreamMark) and controls[0][0] == stats.delivered:
+                        mark = following
+                        controls.popleft()
+                elif mark is None and not losses:
+                    if self._closed or self._finished:
+                        break
+                    loop = asyncio.get_running_loop()
+                    waiter = self._waiter = loop.create_future()
+            if losses:
+                self._report(losses)
+            if batch or mark is not None:
+                return batch, mark
+            if losses:
+                continue
             try:
                 await waiter
             finally:
@@ -223,6 +348,16 @@ class AsyncReceiver:
             raise self._failure
         raise StopAsyncIteration
 
+    def _report(self, losses: list[tuple[str, int]]) -> None:
+        on_loss = self._on_loss
+        if on_loss is None:
+            return
+        for hostname, count in losses:
+            try:
+                on_loss(hostname, count)
+            except Exception:
+                logger.exception("on_loss callback raised")
+
     async def batches(self, limit: int = DEFAULT_BATCH) -> AsyncIterator[list[dict[str, Any]]]:
         """Lists of up to ``limit`` events until closed: ``async for batch in ...``."""
         while True:
@@ -231,6 +366,17 @@ class AsyncReceiver:
             except StopAsyncIteration:
                 return
             yield batch
+
+    async def marked_batches(
+        self, limit: int = DEFAULT_BATCH
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], StreamMark | None]]:
+        """``(events, mark)`` pairs of :meth:`get_marked_batch` until closed."""
+        while True:
+            try:
+                pair = await self.get_marked_batch(limit)
+            except StopAsyncIteration:
+                return
+            yield pair
 
     def __aiter__(self) -> AsyncReceiver:
         return self

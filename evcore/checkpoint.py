@@ -23,7 +23,14 @@ from typing import Any
 
 from evcore.codec import dumps, loads
 
-__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "is_checkpoint",
+    "load_checkpoint",
+    "parse_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT = "evcore.checkpoint"
 VERSION = 1
@@ -91,10 +98,21 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
         data = loads(raw)
     except ValueError as exc:
         raise CheckpointError(f"{path} is not a checkpoint: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an evcore checkpoint")
+    return parse_checkpoint(data, str(path))
+
+
+def is_checkpoint(data: Any) -> bool:
+    """Whether decoded JSON claims to be a checkpoint (of any version)."""
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def parse_checkpoint(data: Any, source: str = "checkpoint") -> Checkpoint:
+    """A checkpoint from its decoded JSON; :class:`CheckpointError` names ``source`` when
+    it is not one."""
+    if not is_checkpoint(data):
+        raise CheckpointError(f"{source} is not an evcore checkpoint")
     if data.get("version") != VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint version {data.get('version')!r}")
+        raise CheckpointError(f"{source}: unsupported checkpoint version {data.get('version')!r}")
     try:
         positions = {int(p): str(position) for p, position in data["positions"].items()}
         sequences = dict(data["sequences"])
@@ -104,6 +122,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
         ]
         state = data["state"]
     except (KeyError, AttributeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: malformed checkpoint: {exc}") from None
+        raise CheckpointError(f"{source}: malformed checkpoint: {exc}") from None
     saved_at = float(data.get("saved_at", 0.0))
     return Checkpoint(state, positions, sequences, saved_at, seen_ids)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
 
 from evcore import Dispatcher
-from evcore.aio import AsyncReceiver
+from evcore.aio import AsyncReceiver, StreamMark
 from evcore.errors import ConfigurationError, TransportNotFound
+from evcore.registry import connect
+from evcore.transport import EARLIEST, Exchange, OutgoingMessage, StreamOptions
 
 
 def publish(url: str, count: int, hostname: str = "w1@example") -> None:
@@ -159,3 +163,90 @@ def test_a_failing_handler_is_counted_not_fatal(bus_url: str) -> None:
             assert receiver.running
 
     asyncio.run(main())
+
+
+def _raw_heartbeats(hostname: str, numbers: list[int], partition: int | None = None) -> list[Any]:
+    """Heartbeats carrying evcore's sequence headers, numbered as given (gaps on purpose)."""
+    return [
+        OutgoingMessage(
+            "worker.heartbeat",
+            json.dumps(
+                {"type": "worker-heartbeat", "hostname": hostname, "clock": n, "timestamp": n}
+            ).encode(),
+            {"hostname": hostname, "evcore-boot": f"boot-{hostname}", "evcore-seq": n},
+            partition=partition,
+        )
+        for n in numbers
+    ]
+
+
+def test_losses_reach_the_loop_in_order_with_the_events(bus_url: str) -> None:
+    """A gap is reported on the event loop after the events before it and before the
+    first event after it, whatever the batches."""
+    seen: list[Any] = []
+    threads: set[str] = set()
+
+    def on_loss(hostname: str, count: int) -> None:
+        threads.add(threading.current_thread().name)
+        seen.append(("lost", hostname, count))
+
+    async def main() -> None:
+        async with AsyncReceiver(bus_url, on_loss=on_loss) as receiver:
+            transport = receiver.receiver.transport  # type: ignore[union-attr]
+            exchange = Exchange("celeryev", "topic")
+            transport.publish(exchange, _raw_heartbeats("w1", [1, 2, 5, 6]))
+            transport.publish(exchange, _raw_heartbeats("w1", [9]))
+            async for batch in receiver.batches(limit=100):
+                seen.extend(event["clock"] for event in batch)
+                if len(batch) and batch[-1]["clock"] == 9:
+                    break
+
+    asyncio.run(main())
+    assert seen == [1, 2, ("lost", "w1", 2), 5, 6, ("lost", "w1", 2), 9]
+    assert threads == {threading.current_thread().name}
+
+
+def test_marks_follow_their_events_and_finish_ends_with_one() -> None:
+    """On a durable stream every mark comes once, right after the events it follows, with
+    the positions of exactly those events; finish() delivers the rest and a final mark."""
+    url = f"memory+stream://{uuid.uuid4().hex}?partitions=2"
+    transport = connect(url)
+    exchange = Exchange("celeryev", "topic")
+
+    async def main() -> list[tuple[int, StreamMark | None]]:
+        pairs: list[tuple[int, StreamMark | None]] = []
+        receiver = AsyncReceiver(url, stream=StreamOptions(start=EARLIEST))
+        await receiver.start()
+        for round_ in range(3):
+            await asyncio.to_thread(
+                transport.publish,
+                exchange,
+                _raw_heartbeats("w1", list(range(round_ * 10, round_ * 10 + 10)), partition=0)
+                + _raw_heartbeats("w2", list(range(round_ * 5, round_ * 5 + 5)), partition=1),
+            )
+            await asyncio.sleep(0.6)  # a capture slice: a mark between rounds
+        receiver.finish()
+        async for batch, mark in receiver.marked_batches(limit=7):
+            assert len(batch) <= 7
+            pairs.append((len(batch), mark))
+        await receiver.aclose()
+        assert receiver.stats.marks == sum(1 for _, mark in pairs if mark is not None)
+        return pairs
+
+    pairs = asyncio.run(main())
+    transport.close()
+    delivered = 0
+    marks = []
+    for count, mark in pairs:
+        delivered += count
+        if mark is not None:
+            assert mark.events == delivered  # exactly the events handed over before it
+            marks.append(mark)
+    assert delivered == 45 and len(marks) >= 3
+    assert marks[-1].events == 45
+    # The last mark's positions are those of each partition's last message.
+    assert set(marks[-1].positions) == {0, 1}
+    assert marks[-1].sequences["boot-w1"] == 30 and marks[-1].sequences["boot-w2"] == 15
+    # In-memory positions are offsets: every mark is at or after the one before.
+    for before, after in zip(marks, marks[1:]):
+        assert all(int(after.positions[p]) >= int(before.positions.get(p, -1)) for p in (0, 1))

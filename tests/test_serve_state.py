@@ -166,7 +166,9 @@ def test_state_file_saved_on_stop_and_restored_with_limits(tmp_path: Path, bus_u
     for number in range(50):
         monitor.apply(lifecycle(f"t{number}", at=1000.0 + number))
     monitor.save()
-    assert json.loads(path.read_text())["format"] == "evcore.state"
+    saved = json.loads(path.read_text())
+    assert (saved["format"], saved["state"]["format"]) == ("evcore.checkpoint", "evcore.state")
+    assert saved["positions"] == {}  # pub/sub: nothing to resume from
     restored = Monitor(bus_url, MonitorOptions(state_file=path, max_tasks=10))
     assert len(restored.state.tasks) == 10  # the new limit is applied
     assert "t49" in restored.state.tasks
@@ -177,6 +179,18 @@ def test_state_file_saved_on_stop_and_restored_with_limits(tmp_path: Path, bus_u
     again = Monitor(bus_url, MonitorOptions(state_file=path, max_tasks=10))
     assert again.losses.unfinished("w9@example") == 1
     assert again.sweep() == 1
+
+
+def test_a_bare_state_snapshot_is_restored_too(tmp_path: Path) -> None:
+    """Files written before the state file became a checkpoint hold the State alone."""
+    state = State()
+    for item in lifecycle("old", at=1000.0):
+        state.event(item)
+    path = tmp_path / "state.json"
+    path.write_text(state.to_json())
+    monitor = Monitor(None, MonitorOptions(state_file=path))
+    assert monitor.state.tasks["old"].state == "SUCCESS"
+    assert monitor.positions == {}
 
 
 def test_a_bad_state_file_starts_empty(tmp_path: Path) -> None:

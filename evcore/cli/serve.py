@@ -11,11 +11,13 @@ import click
 
 from evcore.cli.common import safe_url, url_argument
 from evcore.cli.demo import SimulatorThread
+from evcore.cli.streamopts import parse_start
 from evcore.errors import MissingDependency
 from evcore.registry import load_factory, scheme_of
 from evcore.simulator import ClusterSimulator
 from evcore.state.liveness import LivenessPolicy
 from evcore.state.retention import RetentionPolicy
+from evcore.transport import EARLIEST
 
 #: Environment variables holding the secrets, so they stay out of process listings.
 BASIC_AUTH_ENVVAR = "EVCORE_SERVE_BASIC_AUTH"
@@ -123,6 +125,12 @@ def _load_serve() -> SimpleNamespace:
 )
 @click.option("--save-interval", type=click.FloatRange(min=1), default=60.0, show_default=True)
 @click.option(
+    "--start",
+    help="Durable URLs: where to read a partition the state file holds no position for: "
+    "earliest (default: rebuild from the retained history), latest, or "
+    "PARTITION:POSITION[,...].",
+)
+@click.option(
     "--max-label-sets",
     type=click.IntRange(1),
     default=1000,
@@ -159,6 +167,7 @@ def serve(
     lost_after: float,
     state_file: Path | None,
     save_interval: float,
+    start: str | None,
     max_label_sets: int,
     ready_max_lag: float,
     result_backend: str | None,
@@ -195,6 +204,7 @@ def serve(
         state_file=state_file,
         result_backend=result_backend,
         save_interval=save_interval,
+        stream_start=parse_start(start) if start is not None else EARLIEST,
     )
     monitor = web.monitor.Monitor(url, options)
     simulation = _start_demo(url) if demo else None

@@ -1,12 +1,17 @@
 """The engine behind ``evcore serve``: an AsyncReceiver feeding a State, metrics and the
-operator's additions (liveness, loss, retention, budget, persistence) on a schedule."""
+operator's additions (liveness, loss, retention, budget, persistence) on a schedule.
+
+The state file is a checkpoint (:mod:`evcore.checkpoint`). On a durable stream it also
+holds the stream positions, sender lanes and relay keys of exactly the events the saved
+State reflects: ingestion pauses at a stream mark while the file is written, and a
+restarted service resumes just after those positions.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,7 +20,10 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from evcore.aio import DEFAULT_MAXSIZE, AsyncReceiver
+from evcore._connect import resolve_transport
+from evcore.aio import DEFAULT_MAXSIZE, AsyncReceiver, StreamMark
+from evcore.checkpoint import Checkpoint, is_checkpoint, parse_checkpoint, save_checkpoint
+from evcore.codec import loads
 from evcore.errors import ConnectionLost
 from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, SourceStats
 from evcore.serve.rates import EventRates
@@ -25,13 +33,15 @@ from evcore.serve.stream import EventStream
 from evcore.state import State, Task
 from evcore.state.liveness import LivenessPolicy, LossTracker, purge_offline
 from evcore.state.retention import RetentionPolicy
-from evcore.state.snapshot import SnapshotError
-from evcore.transport import Transport
+from evcore.state.snapshot import SnapshotError, snapshot
+from evcore.transport import EARLIEST, Start, StreamOptions, Transport
 
 logger = logging.getLogger(__name__)
 
 #: Events applied per turn of the event loop, so HTTP requests are served in between.
 INGEST_BATCH = 500
+#: Seconds given at shutdown to apply the events already taken from the broker.
+DRAIN_TIMEOUT = 10.0
 
 
 @dataclass
@@ -56,6 +66,8 @@ class MonitorOptions:
     receiver_options: Mapping[str, Any] = field(default_factory=dict)
     #: Celery's result backend (``redis://...``), read to reconcile possibly lost tasks.
     result_backend: str | None = None
+    #: Durable URLs: where to read a partition the state file holds no position for.
+    stream_start: Start | Mapping[int, str] = EARLIEST
 
 
 class Monitor:
@@ -70,6 +82,10 @@ class Monitor:
     ) -> None:
         self.url = url
         self.options = options = options or MonitorOptions()
+        #: Stream positions, sender lanes and relay keys the State reflects (durable URLs).
+        self.positions: dict[int, str] = {}
+        self._sequences: dict[str, Any] = {}
+        self._seen_ids: list[tuple[str, int | None]] = []
         self.state = self._initial_state()
         self.losses = LossTracker(options.liveness)
         #: Applied events, to server-sent-event clients (``/api/events/stream``).
@@ -89,6 +105,16 @@ class Monitor:
         self.save_errors = 0
         self.started = time.time()
         self.receiver: AsyncReceiver | None = None
+        #: Whether the source is a durable stream (known once started).
+        self.durable = False
+        self._owned_transport: Transport | None = None
+        # Held while events are applied and while the state file is written, so a save
+        # sees the State between two batches (and, on a stream, at a mark).
+        self._applying = asyncio.Lock()
+        self._save_due = False
+        self._pending_losses: list[tuple[str, int]] = []
+        #: The stream mark the State stands at exactly, if it does (durable streams).
+        self._mark: StreamMark | None = None
         self.metrics = EventMetrics(
             self.state,
             options.liveness,
@@ -107,15 +133,28 @@ class Monitor:
         path = options.state_file
         if path is not None and path.exists():
             try:
-                state = State.from_json(path.read_bytes(), **limits)
+                state = self._restore(path, limits)
             except (OSError, SnapshotError, ValueError, KeyError, TypeError) as exc:
                 logger.warning("could not restore the state from %s: %s", path, exc)
+                self.positions, self._sequences, self._seen_ids = {}, {}, []
             else:
                 logger.info("restored %d tasks from %s", len(state.tasks), path)
                 return state
         return State(
             max_tasks_in_memory=options.max_tasks, max_workers_in_memory=options.max_workers
         )
+
+    def _restore(self, path: Path, limits: Mapping[str, Any]) -> State:
+        """The State of a checkpoint (with its positions), or of a bare State snapshot."""
+        data = loads(path.read_bytes())
+        if not is_checkpoint(data):
+            return State.from_json(data, **limits)
+        saved = parse_checkpoint(data, str(path))
+        state = State.from_json(saved.state, **limits)
+        self.positions = dict(saved.positions)
+        self._sequences = dict(saved.sequences)
+        self._seen_ids = list(saved.seen_ids)
+        return state
 
     # -- events ---------------------------------------------------------------------------
 
@@ -128,6 +167,9 @@ class Monitor:
         stream = self.stream
         count = self.rates.count
         now = time.time()
+        self._mark = None
+        if self._pending_losses:
+            self._apply_losses()
         for event in events:
             result = feed(event)
             if result is None:
@@ -144,9 +186,31 @@ class Monitor:
             self.state.freeze_while(recent.rebuild, self.state.tasks.data)
 
     def _on_loss(self, hostname: str, count: int) -> None:
-        """The Receiver found a gap in ``hostname``'s sequence (called in its thread)."""
-        self.state.record_loss(hostname, count)
-        self.losses.stream_gap(hostname)
+        """The Receiver found a gap in ``hostname``'s sequence (called on the event loop,
+        before the events after the gap): applied with them, so a save never holds it alone.
+        """
+        self._pending_losses.append((hostname, count))
+
+    def _apply_losses(self) -> None:
+        self._mark = None
+        losses, self._pending_losses = self._pending_losses, []
+        for hostname, count in losses:
+            self.state.record_loss(hostname, count)
+            self.losses.stream_gap(hostname)
+
+    def _assigned(self, partitions: frozenset[int]) -> dict[int, str]:
+        """Where to read newly owned partitions: after the state file's positions, else
+        from ``stream_start`` (called in the receiving thread)."""
+        start = self.options.stream_start
+        chosen = {}
+        for partition in partitions:
+            if partition in self.positions:
+                chosen[partition] = self.positions[partition]
+            elif isinstance(start, Mapping):
+                chosen[partition] = start.get(partition, EARLIEST)
+            else:
+                chosen[partition] = start
+        return chosen
 
     # -- running --------------------------------------------------------------------------
 
@@ -156,8 +220,19 @@ class Monitor:
             raise ValueError("this monitor has no URL to consume from")
         options = dict(self.options.receiver_options)
         options.setdefault("on_loss", self._on_loss)
-        self.receiver = AsyncReceiver(self.url, maxsize=self.options.queue_size, **options)
-        await self.receiver.start()
+        transport, owned = await asyncio.to_thread(resolve_transport, self.url)
+        self._owned_transport = transport if owned else None
+        self.durable = transport.capabilities.durable
+        if self.durable:
+            options["stream"] = StreamOptions(start=EARLIEST, on_assigned=self._assigned)
+            options["sequences"] = self._sequences
+            options["seen_ids"] = self._seen_ids
+        self.receiver = AsyncReceiver(transport, maxsize=self.options.queue_size, **options)
+        try:
+            await self.receiver.start()
+        except BaseException:
+            await self._release_transport()
+            raise
         self._tasks = [
             asyncio.create_task(self._ingest(self.receiver), name="evcore-serve-ingest"),
             asyncio.create_task(self._sweep(), name="evcore-serve-sweep"),
@@ -165,25 +240,51 @@ class Monitor:
         ]
 
     async def stop(self) -> None:
-        """Stop consuming, cancel the schedule and save the state (if a file is set)."""
+        """Stop consuming, apply what was already taken from the broker (for up to
+        ``DRAIN_TIMEOUT`` seconds), cancel the schedule and save the state file."""
         self.stream.close()
+        receiver = self.receiver
+        if receiver is not None and self._tasks:
+            receiver.finish()
+            ingest = self._tasks[0]
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(ingest), DRAIN_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self.receiver is not None:
-            await self.receiver.aclose()
+        if receiver is not None:
+            await receiver.aclose()
+        await self._release_transport()
         if self.reconciler is not None:
             self.reconciler.source.close()
         if self.options.state_file is not None:
-            await asyncio.to_thread(self.save)
+            if self._pending_losses:
+                self._apply_losses()
+            if not await self.save_now() and self.durable:
+                logger.warning(
+                    "not saving %s: events past the last stream mark were applied; the "
+                    "previous file stands",
+                    self.options.state_file,
+                )
+
+    async def _release_transport(self) -> None:
+        transport, self._owned_transport = self._owned_transport, None
+        if transport is not None:
+            await asyncio.to_thread(transport.close)
 
     async def _ingest(self, receiver: AsyncReceiver) -> None:
         try:
-            async for batch in receiver.batches(INGEST_BATCH):
-                self.apply(batch)
+            async for batch, mark in receiver.marked_batches(INGEST_BATCH):
+                if batch or self._pending_losses:
+                    async with self._applying:
+                        self.apply(batch)
+                if mark is not None:
+                    self._mark = mark
+                    if self._save_due:
+                        await self.save_now()
                 await asyncio.sleep(0)  # let requests in between two batches
         except Exception:
             # /readyz turns 503 (the receiver is no longer connected); say why once here.
@@ -193,6 +294,9 @@ class Monitor:
         interval = self.options.sweep_interval
         while True:
             await asyncio.sleep(interval)
+            if self._pending_losses:  # a gap with no event after it yet
+                async with self._applying:
+                    self._apply_losses()
             self.sweep()
             if self.reconciler is not None and self.losses.lost:
                 await self.reconcile()
@@ -249,7 +353,7 @@ class Monitor:
                 time.monotonic() - last_save >= options.save_interval
             ):
                 last_save = time.monotonic()
-                await asyncio.to_thread(self.save)
+                await self.save_now()
 
     def sweep(self, now: float | None = None) -> int:
         """Mark tasks possibly lost; returns how many were newly marked."""
@@ -262,20 +366,40 @@ class Monitor:
             self.purged += 1
         self.options.retention.apply(self.state, now, self.options.max_tasks)
 
-    def save(self) -> None:
-        """Write the State's JSON snapshot to the state file, atomically."""
+    async def save_now(self) -> bool:
+        """Write the state file from a running service, with ingestion paused: False when
+        none is set or, on a stream, when the State is not at a mark (the save then happens
+        at the next one)."""
+        if self.options.state_file is None:
+            return False
+        async with self._applying:
+            mark = self._mark
+            if self.durable and mark is None:
+                self._save_due = True
+                return False
+            self._save_due = False
+            await asyncio.to_thread(self.save, mark)
+            return True
+
+    def save(self, mark: StreamMark | None = None) -> None:
+        """Write the state file atomically: the State's snapshot with the stream positions
+        it reflects (``mark``'s over those last saved or restored). Called directly, the
+        State must not be changing (the service saves through :meth:`save_now`)."""
         path = self.options.state_file
         if path is None:
             return
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if mark is not None:
+            self.positions = {**self.positions, **mark.positions}
+            self._sequences = dict(mark.sequences)
+            self._seen_ids = list(mark.seen_ids)
+        checkpoint = Checkpoint(
+            snapshot(self.state), self.positions, self._sequences, time.time(), self._seen_ids
+        )
         try:
-            temporary.write_text(self.state.to_json(), "utf-8")
-            os.replace(temporary, path)
+            save_checkpoint(path, checkpoint)
         except OSError as exc:
             self.save_errors += 1
             logger.warning("could not save the state to %s: %s", path, exc)
-            with contextlib.suppress(OSError):
-                temporary.unlink()
         else:
             self.saves += 1
 
@@ -394,4 +518,6 @@ class Monitor:
             "evictions": self.state.evictions,
             "possibly_lost": len(self.losses.lost),
             "saves": self.saves,
+            "durable": self.durable,
+            "saved_positions": {str(p): position for p, position in sorted(self.positions.items())},
         }
