@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -248,5 +249,5 @@ def test_marks_follow_their_events_and_finish_ends_with_one() -> None:
     assert set(marks[-1].positions) == {0, 1}
     assert marks[-1].sequences["boot-w1"] == 30 and marks[-1].sequences["boot-w2"] == 15
     # In-memory positions are offsets: every mark is at or after the one before.
-    for before, after in zip(marks, marks[1:]):
+    for before, after in itertools.pairwise(marks):
         assert all(int(after.positions[p]) >= int(before.positions.get(p, -1)) for p in (0, 1))
