@@ -238,6 +238,8 @@ class Monitor:
             asyncio.create_task(self._sweep(), name="evcore-serve-sweep"),
             asyncio.create_task(self._housekeeping(), name="evcore-serve-housekeeping"),
         ]
+        if self.options.state_file is not None:
+            self._tasks.append(asyncio.create_task(self._persist(), name="evcore-serve-save"))
 
     async def stop(self) -> None:
         """Stop consuming, apply what was already taken from the broker (for up to
@@ -344,16 +346,14 @@ class Monitor:
         return done
 
     async def _housekeeping(self) -> None:
-        options = self.options
-        last_save = time.monotonic()
         while True:
-            await asyncio.sleep(options.housekeeping_interval)
+            await asyncio.sleep(self.options.housekeeping_interval)
             await asyncio.to_thread(self.housekeeping)
-            if options.state_file is not None and (
-                time.monotonic() - last_save >= options.save_interval
-            ):
-                last_save = time.monotonic()
-                await self.save_now()
+
+    async def _persist(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.save_interval)
+            await self.save_now()
 
     def sweep(self, now: float | None = None) -> int:
         """Mark tasks possibly lost; returns how many were newly marked."""
