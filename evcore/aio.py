@@ -202,10 +202,12 @@ class AsyncReceiver:
     def _consume(self, receiver: Receiver) -> None:
         durable = receiver.stream is not None
         try:
-            while not self._closed and not self._finishing:
+            while not self._closed:
                 receiver.capture(timeout=_CAPTURE_SLICE)
                 if durable:
                     self._queue_mark(receiver)
+                if self._finishing:  # after a whole capture, so nothing read is left behind
+                    break
         except BaseException as exc:
             self._failure = exc
         finally:
