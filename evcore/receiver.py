@@ -51,6 +51,12 @@ CLIENT_CLOCK_SKEW = -1
 #: How long one wait on the transport may last, so ``should_stop`` is seen promptly.
 POLL_INTERVAL = 1.0
 
+#: Seconds after which a message read from a durable stream counts as replayed (history, a
+#: restart, a backlog): its events take the broker's append time as ``local_received``, so
+#: liveness, latencies and drift say when they happened. Messages read sooner take the
+#: receiver's clock, so a small difference between the broker's clock and ours never shows.
+REPLAY_AGE = 5.0
+
 #: Sender lanes whose sequence numbers are tracked at once (a dispatcher has one lane per
 #: partition on a durable transport); the least recently heard is forgotten.
 MAX_TRACKED_SENDERS = 100_000
@@ -595,6 +601,9 @@ class Receiver:
         ids = message.headers.get(EVENT_ID_HEADER)
         if ids.__class__ is not list:
             ids = None
+        received = message.appended_at
+        if received is not None and time.time() - received <= REPLAY_AGE:
+            received = None  # read live: the receiver's own clock, as on pub/sub
         if body.__class__ is not list:
             # One event per message, the common case.
             if not self._in_sequence(message.headers, 1):
@@ -605,7 +614,7 @@ class Receiver:
             if ids and self._seen_before(ids[0], message.partition):
                 return []
             stats.events += 1
-            return [self.event_from_message(body)]
+            return [self.event_from_message(body, received)]
         if not self._in_sequence(message.headers, len(body)):
             return []
         events = []
@@ -616,7 +625,7 @@ class Receiver:
                 continue
             if ids and index < len(ids) and self._seen_before(ids[index], message.partition):
                 continue
-            events.append(from_message(item))
+            events.append(from_message(item, received))
         stats.events += len(events)
         return events
 
@@ -700,12 +709,14 @@ class Receiver:
                 raise
             logger.exception("on_loss callback raised")
 
-    def event_from_message(self, body: dict[str, Any]) -> dict[str, Any]:
+    def event_from_message(
+        self, body: dict[str, Any], received: float | None = None
+    ) -> dict[str, Any]:
         """Apply the receive-side rules to a decoded event (in place) and return it.
 
         Adjusts the local clock as Celery does (``task-sent`` clocks are replaced by one just
         behind ours), gives a missing or non-numeric clock a local one, optionally localises
-        the timestamp, and sets ``local_received``.
+        the timestamp, and sets ``local_received`` (to ``received`` if given, else now).
         """
         clock = body.get("clock")
         if body["type"] == "task-sent":
@@ -720,7 +731,7 @@ class Receiver:
             if isinstance(offset, int | float) and isinstance(timestamp, int | float):
                 with contextlib.suppress(OverflowError):  # integers beyond any float
                     body["timestamp"] = adjust_timestamp(timestamp, offset)
-        body["local_received"] = time.time()
+        body["local_received"] = time.time() if received is None else received
         return body
 
     # -- lifetime -------------------------------------------------------------------------

@@ -73,6 +73,10 @@ class IncomingMessage:
     #: position there (opaque; hand it back in :class:`StreamOptions` to resume after it).
     partition: int | None = None
     position: str | None = None
+    #: Set by a durable transport that knows it: when the broker appended the message
+    #: (seconds since the epoch, on the broker's clock). Events of a message read long
+    #: after it was appended (history, a restart) take it as their ``local_received``.
+    appended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.workload import make_events, sendable
 from evcore import Dispatcher, Receiver
+from evcore import receiver as receiver_module
 from evcore.errors import ConfigurationError, InvalidURL
 from evcore.registry import connect
 from evcore.state import State
@@ -237,3 +239,27 @@ def test_copies_for_every_partition_read_out_of_order_are_applied_once() -> None
     assert not receiver.stats.lost_events
     assert receiver.stats.duplicates == 5
     assert receiver.sequences()["boot/-1"] == [21, []]
+
+
+def test_replayed_events_are_received_when_they_were_appended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Read long after it was appended, an event's ``local_received`` is its append time
+    (so a worker's last heartbeat is as old as it really is); read live, it is ours."""
+    monkeypatch.setattr(receiver_module, "REPLAY_AGE", 0.2)
+    url = _url(1)
+    before = time.time()
+    with Dispatcher(url, hostname="w1@replay") as dispatcher:
+        dispatcher.send("worker-heartbeat", freq=2.0)
+    appended = time.time()
+    time.sleep(0.4)
+    seen: list[dict[str, Any]] = []
+    receiver = Receiver(url, handlers={"*": seen.append}, stream=StreamOptions(start=EARLIEST))
+    assert receiver.capture(limit=1, timeout=5) == 1
+    assert before <= seen[0]["local_received"] <= appended
+    live = time.time()
+    with Dispatcher(url, hostname="w1@replay") as dispatcher:
+        dispatcher.send("worker-heartbeat", freq=2.0)
+    assert receiver.capture(limit=1, timeout=5) == 1
+    assert seen[1]["local_received"] >= live
+    receiver.close()

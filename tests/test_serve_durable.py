@@ -16,11 +16,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from _serve_support import lifecycle
 
+from evcore import receiver as receiver_module
 from evcore.registry import connect
 from evcore.serve.monitor import Monitor, MonitorOptions
-from evcore.transport import LATEST, Exchange, OutgoingMessage, Transport, partition_for
+from evcore.state.liveness import OFFLINE, liveness
+from evcore.transport import (
+    EVERY_PARTITION,
+    LATEST,
+    Exchange,
+    OutgoingMessage,
+    Transport,
+    partition_for,
+)
 
 PARTITIONS = 3
 EXCHANGE = Exchange("celeryev", "topic")
@@ -181,3 +191,37 @@ def test_a_pub_sub_service_saves_without_positions(tmp_path: Path, bus_url: str)
     assert not monitor.durable
     saved = json.loads(path.read_text())
     assert saved["positions"] == {} and saved["state"]["format"] == "evcore.state"
+
+
+def test_a_worker_silent_before_a_restart_is_not_revived_by_the_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """History read after a restart keeps its own times: the replayed heartbeats of a
+    worker that stopped beating before it are old, so the worker shows offline at once."""
+    monkeypatch.setattr(receiver_module, "REPLAY_AGE", 0.2)
+    url = stream_url()
+    transport = connect(url)
+    heartbeat = {"type": "worker-heartbeat", "hostname": "gone@x", "freq": 0.1, "clock": 1}
+    transport.publish(
+        EXCHANGE,
+        [
+            OutgoingMessage(
+                "worker.heartbeat",
+                json.dumps({**heartbeat, "timestamp": time.time()}).encode(),
+                {"hostname": "gone@x"},
+                partition=EVERY_PARTITION,
+            )
+        ],
+    )
+    time.sleep(0.5)
+
+    async def run() -> str:
+        monitor = Monitor(url, options(tmp_path / "state.json"))
+        await monitor.start()
+        await wait_until(lambda: "gone@x" in monitor.state.workers)
+        status = liveness(monitor.state.workers["gone@x"], monitor.options.liveness).status
+        await monitor.stop()
+        return status
+
+    assert asyncio.run(run()) == OFFLINE
+    transport.close()

@@ -119,6 +119,25 @@ class DurableConformance:
         assert all(m.position is not None for m in got), "every message needs a position"
         assert reader.assignment() == frozenset(range(count))
 
+    def test_durable_append_times_when_given(self) -> None:
+        """A transport that sets ``appended_at`` sets it to when the broker stored the
+        message: between just before the publish and just after (a minute of clock
+        difference allowed), never decreasing along a partition."""
+        transport = self.durable_transport()
+        exchange = _stream_exchange()
+        before = time.time()
+        transport.publish(exchange, _numbered("t", 5, 0))
+        reader = self.open_stream(transport, exchange, start=EARLIEST)
+        got = _drain([reader], lambda r: len(r) >= 5, self.delivery_timeout)
+        after = time.time()
+        times = [m.appended_at for m in got if m.partition == 0]
+        if all(t is None for t in times):
+            pytest.skip(f"{transport.driver_type!r} transport does not set appended_at")
+        assert None not in times, f"appended_at set on some messages only: {times}"
+        stamps = cast(list[float], times)
+        assert all(before - 60 <= t <= after + 60 for t in stamps), (before, stamps, after)
+        assert stamps == sorted(stamps), f"appended_at went back in time: {stamps}"
+
     def test_durable_latest_skips_history(self) -> None:
         """A reader starting at the latest position gets only what is appended after it."""
         transport = self.durable_transport()

@@ -137,6 +137,7 @@ class MemoryStreamBroker:
 
     def publish(self, exchange: Exchange, messages: Sequence[OutgoingMessage]) -> None:
         now = time.monotonic()
+        appended = time.time()
         with self.lock:
             self.check_online()
             logs = self.logs(exchange)
@@ -165,6 +166,7 @@ class MemoryStreamBroker:
                                 headers=dict(message.headers),
                                 partition=target,
                                 position=str(log.end),
+                                appended_at=appended,
                             ),
                         )
                     )

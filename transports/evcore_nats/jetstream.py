@@ -166,6 +166,17 @@ def sequence_of(reply: str) -> int:
         return 0
 
 
+def appended_at(reply: str) -> float | None:
+    """When the server stored the message, from the nanoseconds in its acknowledgement
+    subject (two tokens after the stream sequence); None if the subject has none."""
+    tokens = reply.split(".")
+    index = 7 if len(tokens) == 9 else 9 if len(tokens) >= 11 else -1
+    try:
+        return int(tokens[index]) / 1e9 if index > 0 and tokens[0] == "$JS" else None
+    except ValueError:
+        return None
+
+
 class _Reader:
     """One pull consumer of one partition (or of the whole stream, for the pub/sub side)."""
 
@@ -579,6 +590,7 @@ class JetStreamSubscription:
             message = incoming(msg.data, routing_key, self._exchange.name, msg.headers)
             message.partition = partition
             message.position = str(sequence)
+            message.appended_at = appended_at(reply)
             out.append(message)
         return out
 

@@ -92,6 +92,12 @@ return ''
 """
 
 
+def appended_at(entry_id: bytes) -> float | None:
+    """When Redis appended the entry: the milliseconds of its automatic ID."""
+    milliseconds, _, _ = entry_id.partition(b"-")
+    return int(milliseconds) / 1000 if milliseconds.isdigit() else None
+
+
 def _id(position: bytes | str) -> tuple[int, int]:
     text = position.decode() if isinstance(position, bytes) else position
     ms, _, seq = text.partition("-")
@@ -419,6 +425,7 @@ class RedisStreamSubscription:
                     rejected,
                     partition,
                     entry_id.decode(),
+                    appended_at(entry_id),
                 )
             )
         return out
