@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from types import SimpleNamespace
 
+import pytest
 from _serve_support import event, lifecycle, monitor_app
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from starlette.testclient import TestClient
 
-from evcore.serve.metrics import OVERFLOW, normalise_hostname
+from evcore.serve import metrics as metrics_module
+from evcore.serve.metrics import OVERFLOW, Family, exposition, normalise_hostname
 
 BASE = 1_750_000_000.0
 
@@ -127,3 +133,61 @@ def test_nothing_is_registered_globally() -> None:
     monitor.apply(lifecycle("a", at=BASE))
     scrape(TestClient(app))
     assert set(REGISTRY._names_to_collectors) == before
+
+
+def test_exposition_is_what_prometheus_client_writes_byte_for_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast writer against ``generate_latest`` over the same collector, with label values
+    that need escaping and every kind of family populated."""
+    monitor, _ = monitor_app(max_label_sets=8)
+    hostile = ['w"1@ex\\ample', "w2@ex\nample", "wörker@日本", ""]
+    for number, host in enumerate(hostile):
+        monitor.apply(lifecycle(f"h{number}", f'proj."add"\\{number}', host, at=BASE + number))
+        monitor.apply(lifecycle(f"f{number}", "proj.add", host, at=BASE, outcome="failed"))
+    for number in range(20):  # past the caps: overflow series
+        monitor.apply(lifecycle(f"t{number}", f"proj.task{number}", at=BASE + number))
+    monitor.apply([event("task-custom", uuid="h0", name="proj.add")])
+    monitor.apply([event("worker-heartbeat", host, freq=2.0, active=3) for host in hostile])
+    monitor.state.record_loss('gen1@"web"', 2**60)
+    monkeypatch.setattr(metrics_module, "time", SimpleNamespace(time=lambda: BASE + 100))
+    text = exposition(monitor.metrics)
+    assert text == generate_latest(monitor.metrics.registry)
+    assert b'hostname="w\\"1@ex\\\\ample"' in text and b'hostname="w2@ex\\nample"' in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        7,
+        -3,
+        999_999,
+        1_000_000,
+        10**15,
+        -(10**16),
+        2**70,
+        0.0,
+        -0.0,
+        0.25,
+        1e-9,
+        1234567.5,
+        1e22,
+        -1e22,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        True,
+    ],
+)
+def test_values_are_written_as_go_writes_floats(value: float) -> None:
+    family = Family("gauge", "evcore_test", "A test.\\ with \n two lines", ("b", "a"))
+    family.add(("x", "y"), value)
+    out: list[str] = []
+    family.write(out)
+
+    class One(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield family.metric()
+
+    assert "".join(out).encode() == generate_latest(One())
