@@ -10,7 +10,10 @@ thousands of series that is most of a scrape's time and garbage.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import re
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +43,13 @@ MAX_LABEL_LENGTH = 200
 RUNTIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 #: Bounds for waits measured across hosts (queue wait, delivery latency).
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+#: A scrape is answered with a rendering at most this many seconds old.
+MAX_AGE = 1.0
+#: While scrapes come in, the metrics are rendered ahead this often (seconds).
+REFRESH_INTERVAL = 0.75
+#: Rendering ahead stops this many seconds after the last scrape.
+KEEP_WARM = 120.0
 
 #: Task event types with a celery-exporter counter (``celery_task_<subject>_total``).
 TASK_EVENTS = (
@@ -561,3 +571,64 @@ def exposition(metrics: EventMetrics) -> bytes:
     for family in metrics.families():
         family.write(out)
     return "".join(out).encode()
+
+
+class RenderedMetrics:
+    """The exposition rendered ahead of scrapes; a scrape never gets one older than
+    ``max_age`` seconds.
+
+    :meth:`scrape` answers with the last rendering while it is fresh enough, and otherwise
+    renders one there and then (in a thread; scrapes arriving meanwhile wait for the same
+    one). :meth:`refresh`, run for the application's lifetime, renders every ``interval``
+    seconds while scrapes came in the last ``keep_warm`` seconds, so a scrape seldom waits
+    for a rendering, nor for a garbage collection that happens during one. When the loop is
+    too busy to refresh, scrapes find the rendering too old and render themselves.
+    """
+
+    def __init__(
+        self,
+        metrics: EventMetrics,
+        *,
+        max_age: float = MAX_AGE,
+        interval: float = REFRESH_INTERVAL,
+        keep_warm: float = KEEP_WARM,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.metrics = metrics
+        self.max_age = max_age
+        self.interval = interval
+        self.keep_warm = keep_warm
+        self.clock = clock
+        #: How many times the metrics were rendered.
+        self.renders = 0
+        # (when the rendering started, its text): replaced whole, so read without the lock
+        self._latest: tuple[float, bytes] = (-math.inf, b"")
+        self._last_scrape = -math.inf
+        self._lock = threading.Lock()
+
+    async def scrape(self) -> bytes:
+        """The exposition, at most ``max_age`` seconds old."""
+        now = self._last_scrape = self.clock()
+        rendered_at, body = self._latest
+        if now - rendered_at <= self.max_age:
+            return body
+        return await asyncio.to_thread(self._render, now - self.max_age)
+
+    async def refresh(self) -> None:
+        """Render ahead while scrapes come in; runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            if self.clock() - self._last_scrape <= self.keep_warm:
+                await asyncio.to_thread(self._render, self.clock())
+
+    def _render(self, not_before: float) -> bytes:
+        """A rendering started at ``not_before`` or later: the latest if it is one."""
+        with self._lock:
+            rendered_at, body = self._latest
+            if rendered_at >= not_before:
+                return body
+            started = self.clock()
+            body = exposition(self.metrics)
+            self._latest = (started, body)
+            self.renders += 1
+            return body
