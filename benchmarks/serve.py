@@ -125,6 +125,10 @@ async def serve_and_measure(monitor: Monitor, quick: bool) -> dict[str, Any]:
     try:
         count = 20 if quick else 100
         results["metrics_serial"] = await asyncio.to_thread(load, base, "/metrics", 1, count * 2)
+        # as Prometheus scrapes: one at a time, here once a second
+        results["metrics_paced"] = await asyncio.to_thread(
+            load, base, "/metrics", 1, count // 5, 1.0
+        )
         results["api_serial"] = await asyncio.to_thread(
             load, base, "/api/tasks?limit=100", 1, count
         )
@@ -255,6 +259,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, key in (
         ("/metrics", "metrics_serial"),
+        ("/metrics (one a second)", "metrics_paced"),
         ("/api/tasks?limit=100", "api_serial"),
         ("/api/tasks?limit=100", "api_concurrent"),
         ("/api/tasks?limit=100&taskname=..&state=SUCCESS", "api_filtered"),
