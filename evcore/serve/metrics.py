@@ -18,7 +18,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -176,13 +176,13 @@ class Family:
 
     def __init__(
         self,
-        kind: str,
+        kind: Literal["counter", "gauge"],
         name: str,
         documentation: str,
         labels: Sequence[str] = (),
         value: float | None = None,
     ) -> None:
-        self.kind = kind  # "counter" or "gauge"
+        self.kind = kind
         self.name = name
         self.documentation = documentation
         self.labels = tuple(labels)
