@@ -32,6 +32,7 @@ from evcore import Dispatcher
 from evcore.serve.app import create_app
 from evcore.serve.metrics import exposition
 from evcore.serve.monitor import Monitor, MonitorOptions
+from evcore.serve.runner import server_config
 
 HERE = Path(__file__).resolve().parent
 LOAD = HERE / "serve_load.py"
@@ -109,15 +110,8 @@ async def start_server(
     monitor: Monitor, manage_monitor: bool
 ) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     """uvicorn serving the monitor on a free port, as ``evcore serve`` does; its base URL."""
-    config = uvicorn.Config(
-        create_app(monitor, manage_monitor=manage_monitor),
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        access_log=False,
-        lifespan="on" if manage_monitor else "off",
-    )
-    server = uvicorn.Server(config)
+    app = create_app(monitor, manage_monitor=manage_monitor)
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, "warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)
@@ -130,7 +124,11 @@ async def serve_and_measure(monitor: Monitor, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     try:
         count = 20 if quick else 100
-        results["metrics_serial"] = await asyncio.to_thread(load, base, "/metrics", 1, count // 5)
+        results["metrics_serial"] = await asyncio.to_thread(load, base, "/metrics", 1, count * 2)
+        # as Prometheus scrapes: one at a time, here once a second
+        results["metrics_paced"] = await asyncio.to_thread(
+            load, base, "/metrics", 1, count // 5, 1.0
+        )
         results["api_serial"] = await asyncio.to_thread(
             load, base, "/api/tasks?limit=100", 1, count
         )
@@ -261,6 +259,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, key in (
         ("/metrics", "metrics_serial"),
+        ("/metrics (one a second)", "metrics_paced"),
         ("/api/tasks?limit=100", "api_serial"),
         ("/api/tasks?limit=100", "api_concurrent"),
         ("/api/tasks?limit=100&taskname=..&state=SUCCESS", "api_filtered"),

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Iterator
+from types import SimpleNamespace
 
+import pytest
 from _serve_support import event, lifecycle, monitor_app
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 from starlette.testclient import TestClient
 
-from evcore.serve.metrics import OVERFLOW, normalise_hostname
+from evcore.serve import metrics as metrics_module
+from evcore.serve.metrics import (
+    MAX_AGE,
+    OVERFLOW,
+    Family,
+    RenderedMetrics,
+    exposition,
+    normalise_hostname,
+)
 
 BASE = 1_750_000_000.0
 
@@ -127,3 +141,152 @@ def test_nothing_is_registered_globally() -> None:
     monitor.apply(lifecycle("a", at=BASE))
     scrape(TestClient(app))
     assert set(REGISTRY._names_to_collectors) == before
+
+
+def test_exposition_is_what_prometheus_client_writes_byte_for_byte(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast writer against ``generate_latest`` over the same collector, with label values
+    that need escaping and every kind of family populated."""
+    monitor, _ = monitor_app(max_label_sets=8)
+    hostile = ['w"1@ex\\ample', "w2@ex\nample", "wörker@日本", ""]
+    for number, host in enumerate(hostile):
+        monitor.apply(lifecycle(f"h{number}", f'proj."add"\\{number}', host, at=BASE + number))
+        monitor.apply(lifecycle(f"f{number}", "proj.add", host, at=BASE, outcome="failed"))
+    for number in range(20):  # past the caps: overflow series
+        monitor.apply(lifecycle(f"t{number}", f"proj.task{number}", at=BASE + number))
+    monitor.apply([event("task-custom", uuid="h0", name="proj.add")])
+    monitor.apply([event("worker-heartbeat", host, freq=2.0, active=3) for host in hostile])
+    monitor.state.record_loss('gen1@"web"', 2**60)
+    monkeypatch.setattr(metrics_module, "time", SimpleNamespace(time=lambda: BASE + 100))
+    text = exposition(monitor.metrics)
+    assert text == generate_latest(monitor.metrics.registry)
+    assert b'hostname="w\\"1@ex\\\\ample"' in text and b'hostname="w2@ex\\nample"' in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        7,
+        -3,
+        999_999,
+        1_000_000,
+        10**15,
+        -(10**16),
+        2**70,
+        0.0,
+        -0.0,
+        0.25,
+        1e-9,
+        1234567.5,
+        1e22,
+        -1e22,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        True,
+    ],
+)
+def test_values_are_written_as_go_writes_floats(value: float) -> None:
+    family = Family("gauge", "evcore_test", "A test.\\ with \n two lines", ("b", "a"))
+    family.add(("x", "y"), value)
+    out: list[str] = []
+    family.write(out)
+
+    class One(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield family.metric()
+
+    assert "".join(out).encode() == generate_latest(One())
+
+
+def received_total(body: bytes) -> float:
+    for family in text_string_to_metric_families(body.decode()):
+        if family.name == "celery_task_received":
+            return sum(sample.value for sample in family.samples)
+    return 0.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_scrape_gets_a_rendering_at_most_max_age_old() -> None:
+    monitor, _ = monitor_app()
+    clock = FakeClock()
+    rendered = RenderedMetrics(monitor.metrics, max_age=1.0, clock=clock)
+
+    async def scrapes() -> list[bytes]:
+        monitor.apply(lifecycle("a", at=BASE))
+        first = await rendered.scrape()
+        monitor.apply(lifecycle("b", at=BASE))
+        clock.now += 0.9
+        cached = await rendered.scrape()
+        clock.now += 0.2  # the first rendering is 1.1 s old now
+        return [first, cached, await rendered.scrape()]
+
+    first, cached, fresh = asyncio.run(scrapes())
+    assert cached is first and rendered.renders == 2
+    assert received_total(first) == 1 and received_total(fresh) == 2
+
+
+def test_while_scraped_the_metrics_are_rendered_ahead_then_no_longer() -> None:
+    monitor, _ = monitor_app()
+    clock = FakeClock()
+    rendered = RenderedMetrics(monitor.metrics, interval=0.01, keep_warm=60.0, clock=clock)
+
+    async def scenario() -> None:
+        await rendered.scrape()
+        refresher = asyncio.create_task(rendered.refresh())
+        monitor.apply(lifecycle("a", at=BASE))
+        deadline = time.monotonic() + 10
+        while rendered.renders < 3 and time.monotonic() < deadline:
+            clock.now += 0.001
+            await asyncio.sleep(0.01)
+        assert rendered.renders >= 3
+        # With the clock still, the refresher's next rendering would be no newer: it stops.
+        await asyncio.sleep(0.05)  # a rendering under way may still finish
+        renders = rendered.renders
+        # Within max_age of the refresher's rendering: the scrape takes it as it is.
+        body = await rendered.scrape()
+        assert rendered.renders == renders and received_total(body) == 1
+        clock.now += 61  # no scrape for longer than keep_warm
+        await asyncio.sleep(0.05)  # a rendering under way may still finish
+        renders = rendered.renders
+        for _ in range(20):  # time goes on: a refresher still rendering would render again
+            clock.now += 0.001
+            await asyncio.sleep(0.01)
+        assert rendered.renders == renders
+        refresher.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_loop_does_not_leave_scrapes_on_an_old_rendering() -> None:
+    monitor, _ = monitor_app()
+    rendered = RenderedMetrics(monitor.metrics, max_age=0.2, interval=0.05)
+
+    async def scenario() -> bytes:
+        refresher = asyncio.create_task(rendered.refresh())
+        await rendered.scrape()
+        monitor.apply(lifecycle("a", at=BASE))
+        time.sleep(0.3)  # the loop is blocked: the refresher cannot run
+        body = await rendered.scrape()
+        refresher.cancel()
+        return body
+
+    assert received_total(asyncio.run(scenario())) == 1
+
+
+def test_the_served_app_shows_new_events_within_max_age() -> None:
+    monitor, app = monitor_app()
+    with TestClient(app) as client:
+        assert received_total(client.get("/metrics").content) == 0
+        monitor.apply(lifecycle("a", at=BASE))
+        time.sleep(MAX_AGE + 0.05)
+        assert received_total(client.get("/metrics").content) == 1

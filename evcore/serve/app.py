@@ -19,7 +19,7 @@ from evcore import __version__
 from evcore.serve.api import TaskAPI, json_response
 from evcore.serve.auth import Credentials, RequireCredentials
 from evcore.serve.dashboard import DashboardSource, dashboard_routes
-from evcore.serve.metrics import exposition
+from evcore.serve.metrics import RenderedMetrics
 from evcore.serve.monitor import Monitor
 from evcore.serve.stream import GROUPS
 
@@ -93,6 +93,7 @@ def create_app(
     """
     api = TaskAPI(monitor)
     source = DashboardSource(monitor) if dashboard else None
+    rendered = RenderedMetrics(monitor.metrics)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok", "version": __version__})
@@ -102,10 +103,7 @@ def create_app(
         return json_response(detail, 200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
-        # Rendered in a thread: with thousands of series it takes tens of milliseconds,
-        # during which the loop keeps applying events and answering the API.
-        body = await asyncio.to_thread(exposition, monitor.metrics)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(await rendered.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     async def stream(request: Request) -> Response:
         groups = frozenset(request.query_params.get("groups", "task,worker").split(","))
@@ -129,9 +127,13 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if manage_monitor and monitor.url is not None:
             await monitor.start()
+        refresher = asyncio.create_task(rendered.refresh(), name="evcore-serve-metrics")
         try:
             yield
         finally:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
             if manage_monitor and monitor.url is not None:
                 await monitor.stop()
 
@@ -153,5 +155,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.monitor = monitor
+    app.state.metrics = rendered
     app.state.dashboard = source
     return app

@@ -19,14 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-
 from evcore._connect import resolve_transport
 from evcore.aio import DEFAULT_MAXSIZE, AsyncReceiver, StreamMark
 from evcore.checkpoint import Checkpoint, is_checkpoint, parse_checkpoint, save_checkpoint
 from evcore.codec import loads
 from evcore.errors import ConnectionLost
-from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, SourceStats
+from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, Family, SourceStats
 from evcore.serve.rates import EventRates
 from evcore.serve.recent import RecentIndex
 from evcore.serve.reconcile import Reconciler, apply_document, open_results, parse_document
@@ -466,61 +464,69 @@ class Monitor:
             full_waits=receiver.stats.full_waits,
         )
 
-    def _extra_metrics(self) -> Iterator[Metric]:
+    def _extra_metrics(self) -> Iterator[Family]:
         losses = self.losses
-        yield GaugeMetricFamily(
+        yield Family(
+            "gauge",
             "evcore_tasks_possibly_lost",
             "Unfinished tasks marked possibly lost now.",
             value=len(losses.lost),
         )
-        marked = CounterMetricFamily(
+        marked = Family(
+            "counter",
             "evcore_tasks_marked_lost",
             "Tasks marked possibly lost, by reason.",
-            labels=["reason"],
+            ("reason",),
         )
         for reason, count in list(losses.marked.items()):
-            marked.add_metric([reason], count)
+            marked.add((reason,), count)
         yield marked
         retention = self.options.retention
-        expired = CounterMetricFamily(
-            "evcore_tasks_expired", "Tasks removed by retention, by state.", labels=["state"]
+        expired = Family(
+            "counter", "evcore_tasks_expired", "Tasks removed by retention, by state.", ("state",)
         )
         for state, count in list(retention.expired.items()):
-            expired.add_metric([state], count)
+            expired.add((state,), count)
         yield expired
-        yield CounterMetricFamily(
+        yield Family(
+            "counter",
             "evcore_state_budget_evictions",
             "Tasks evicted to stay under the memory budget.",
             value=retention.budget_evictions,
         )
-        yield GaugeMetricFamily(
+        yield Family(
+            "gauge",
             "evcore_state_estimated_bytes",
             "Estimated bytes held by tasks (at the last housekeeping).",
             value=retention.estimated_bytes,
         )
-        yield CounterMetricFamily(
-            "evcore_workers_purged", "Offline workers purged.", value=self.purged
+        yield Family(
+            "counter", "evcore_workers_purged", "Offline workers purged.", value=self.purged
         )
-        yield GaugeMetricFamily(
+        yield Family(
+            "gauge",
             "evcore_stream_clients",
             "Clients of /api/events/stream now.",
             value=len(self.stream.subscribers),
         )
-        yield CounterMetricFamily(
+        yield Family(
+            "counter",
             "evcore_stream_dropped_events",
             "Events dropped for stream clients that did not read fast enough.",
             value=self.stream.dropped_total,
         )
         if self.reconciler is not None:
-            reconciled = CounterMetricFamily(
+            reconciled = Family(
+                "counter",
                 "evcore_tasks_reconciled",
                 "Possibly lost tasks given their final state from the result backend.",
-                labels=["state"],
+                ("state",),
             )
             for status, count in list(self.reconciler.reconciled.items()):
-                reconciled.add_metric([status], count)
+                reconciled.add((status,), count)
             yield reconciled
-            yield CounterMetricFamily(
+            yield Family(
+                "counter",
                 "evcore_result_backend_errors",
                 "Reads of the result backend that failed.",
                 value=self.reconciler.errors,

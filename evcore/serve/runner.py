@@ -9,11 +9,13 @@ import socket
 from collections.abc import Callable
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from evcore.serve.app import create_app
 from evcore.serve.auth import Credentials
 from evcore.serve.dashboard import DashboardSource
 from evcore.serve.monitor import Monitor
+from evcore.serve.protocol import MAX_HEAD_BYTES, RequestDeadlineProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +39,17 @@ def run(
     """Serve until SIGTERM or SIGINT; the monitor is started and stopped (its state saved)
     by the application's lifespan. ``on_ready(host, port)`` is called once listening."""
     app = create_app(monitor, credentials=credentials)
-    config = uvicorn.Config(
+    config = server_config(app, host, port, log_level)
+    server = uvicorn.Server(config)
+    asyncio.run(_serve(server, monitor, app.state.dashboard, on_ready))
+    if not server.started:
+        raise OSError(f"could not listen on {host}:{port}")
+
+
+def server_config(app: ASGIApp, host: str, port: int, log_level: str) -> uvicorn.Config:
+    """How ``evcore serve`` runs uvicorn: bounded connections, request heads and times to
+    receive a request (see :mod:`evcore.serve.protocol`), no access log, no proxy headers."""
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -45,15 +57,13 @@ def run(
         access_log=False,
         proxy_headers=False,
         server_header=False,
+        http=RequestDeadlineProtocol,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=KEEP_ALIVE,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
-    asyncio.run(_serve(server, monitor, app.state.dashboard, on_ready))
-    if not server.started:
-        raise OSError(f"could not listen on {host}:{port}")
 
 
 async def _serve(
