@@ -295,8 +295,8 @@ def stream_member(config: dict[str, Any]) -> None:
     event): joins, says so, waits for ``{"go": t}``, then applies events until ``idle``
     seconds pass without one (after the first)."""
     from evcore import Receiver
+    from evcore.gc_tuning import tune_gc
     from evcore.state import State
-    from evcore.streammonitor import tune_gc
     from evcore.transport import EARLIEST, StreamOptions
 
     tune_gc()  # as evcore monitor does

@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 
 from evcore import Dispatcher
+from evcore.gc_tuning import tune_gc
 from evcore.serve.app import create_app
 from evcore.serve.metrics import exposition
 from evcore.serve.monitor import Monitor, MonitorOptions
@@ -234,11 +235,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tasks", type=int)
     parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument(
+        "--tune-gc", action="store_true", help="tune the garbage collector as evcore serve does"
+    )
     args = parser.parse_args()
+    if args.tune_gc:
+        tune_gc()
     tasks = args.tasks or (10_000 if args.quick else 100_000)
     monitor = Monitor(None, MonitorOptions(max_tasks=tasks, max_workers=args.workers))
     rate = fill(monitor, tasks, args.workers, time.time() - tasks * 1e-3)
+    gc_mode = "tuned as evcore serve does" if args.tune_gc else "Python's defaults"
     print(f"# evcore serve benchmark ({'quick' if args.quick else 'full'})\n")
+    print(f"- garbage collector: {gc_mode}")
     print(f"- machine: {os.cpu_count()} cores, shared with other sessions (loaded)")
     print(
         f"- State: {len(monitor.state.tasks)} tasks, {len(monitor.state.workers)} workers; "

@@ -22,7 +22,6 @@ the tasks of a partition it gives up are dropped from its State (after a checkpo
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
@@ -35,7 +34,7 @@ from evcore.state import State
 from evcore.state.snapshot import snapshot
 from evcore.transport import EARLIEST, Start, StreamOptions, Transport, partition_for
 
-__all__ = ["StreamMonitor", "tune_gc"]
+__all__ = ["StreamMonitor"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +44,6 @@ SLICE = 0.5
 #: Relay event keys a checkpoint keeps (the most recent): a second relay's copy of an event
 #: the checkpoint holds is still dropped after a restart if it comes within this many events.
 CHECKPOINT_IDS = 20_000
-
-
-def tune_gc() -> None:
-    """Make Python's cyclic garbage collector run far less often in this process.
-
-    A monitor replaying history allocates millions of short-lived event dicts while holding
-    a large State; with the default thresholds the collector keeps re-scanning the State
-    (a third of the CPU time of a replay). Evicted tasks and workers are freed by reference
-    counting anyway. For an application process (``evcore monitor`` calls it), not for a
-    library to call behind its user's back.
-    """
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
 
 
 class StreamMonitor:

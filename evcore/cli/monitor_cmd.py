@@ -12,7 +12,8 @@ import click
 
 from evcore.cli.common import safe_url, url_argument
 from evcore.cli.streamopts import parse_start, stream_options
-from evcore.streammonitor import StreamMonitor, tune_gc
+from evcore.gc_tuning import tune_gc
+from evcore.streammonitor import StreamMonitor
 from evcore.transport import EARLIEST
 
 

@@ -13,6 +13,7 @@ from evcore.cli.common import safe_url, url_argument
 from evcore.cli.demo import SimulatorThread
 from evcore.cli.streamopts import parse_start
 from evcore.errors import MissingDependency
+from evcore.gc_tuning import tune_gc
 from evcore.registry import load_factory, scheme_of
 from evcore.simulator import ClusterSimulator
 from evcore.state.liveness import LivenessPolicy
@@ -207,6 +208,7 @@ def serve(
         stream_start=parse_start(start) if start is not None else EARLIEST,
     )
     monitor = web.monitor.Monitor(url, options)
+    tune_gc()  # after the restore: the restored State is never scanned again
     simulation = _start_demo(url) if demo else None
 
     def ready(bound_host: str, bound_port: int) -> None:
