@@ -16,12 +16,13 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evcore.codec import dumps, loads
+from evcore.transport import EARLIEST, Start
 
 __all__ = [
     "Checkpoint",
@@ -29,6 +30,7 @@ __all__ = [
     "is_checkpoint",
     "load_checkpoint",
     "parse_checkpoint",
+    "resume_from",
     "save_checkpoint",
 ]
 
@@ -51,6 +53,23 @@ class Checkpoint:
     saved_at: float = 0.0
     #: The most recent relay event keys with their partitions (``Receiver.seen_ids``).
     seen_ids: list[tuple[str, int | None]] = field(default_factory=list)
+
+
+def resume_from(
+    partitions: Iterable[int], saved: Mapping[int, str], start: Start | Mapping[int, str]
+) -> dict[int, str]:
+    """Where to read each of ``partitions`` (an ``on_assigned`` answer): just after the
+    saved position where there is one, else ``start`` (a mapping: its position, else the
+    earliest)."""
+    chosen = {}
+    for partition in partitions:
+        if partition in saved:
+            chosen[partition] = saved[partition]
+        elif isinstance(start, Mapping):
+            chosen[partition] = start.get(partition, EARLIEST)
+        else:
+            chosen[partition] = start
+    return chosen
 
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> None:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from evcore.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from evcore.checkpoint import Checkpoint, load_checkpoint, resume_from, save_checkpoint
 from evcore.receiver import Receiver
 from evcore.state import State
 from evcore.state.snapshot import snapshot
@@ -107,16 +107,7 @@ class StreamMonitor:
 
     def _assigned(self, partitions: frozenset[int]) -> dict[int, str]:
         """Resume partitions the checkpoint holds; rebuild the others from ``start``."""
-        start = self._start
-        chosen = {}
-        for partition in partitions:
-            if partition in self._positions:
-                chosen[partition] = self._positions[partition]
-            elif isinstance(start, Mapping):
-                chosen[partition] = start.get(partition, EARLIEST)
-            else:
-                chosen[partition] = start
-        return chosen
+        return resume_from(partitions, self._positions, self._start)
 
     def _revoked(self, partitions: frozenset[int]) -> None:
         """Checkpoint, then drop what belongs to partitions given up."""

@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +82,17 @@ def private_nats(store_dir: Path | None = None) -> Iterator[PrivateNats]:
         yield server
     finally:
         server.stop(kill=True)
+
+
+@contextmanager
+def jetstream_url(nats_url: str, partitions: int) -> Iterator[str]:
+    """A ``jetstream://`` URL whose streams have a prefix of their own, deleted afterwards."""
+    prefix = f"evtest{uuid.uuid4().hex[:10]}"
+    base = nats_url.replace("nats://", "jetstream://", 1)
+    try:
+        yield f"{base}?partitions={partitions}&stream_prefix={prefix}"
+    finally:
+        delete_streams(nats_url, prefix)
 
 
 def delete_streams(url: str, prefix: str) -> list[str]:

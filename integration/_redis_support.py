@@ -23,6 +23,24 @@ def with_db(url: str, db: int = TEST_DB) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
 
 
+def streams_url(redis_url: str, prefix: str, **query: Any) -> str:
+    """A ``redis+streams://`` URL on the test database whose keys start with ``prefix``."""
+    base = with_db(redis_url).replace("redis://", "redis+streams://", 1)
+    options = "&".join(f"{key}={value}" for key, value in {"prefix": prefix, **query}.items())
+    return f"{base}?{options}"
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete the test database's keys that start with ``prefix``."""
+    client = admin(with_db(redis_url))
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def client_name() -> str:
     """A connection name of this test's own, to find (and kill) only its connections."""
     return f"evcore-{uuid.uuid4().hex[:12]}"

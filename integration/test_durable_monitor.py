@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from _net import wait_for
-from _redis_support import admin, with_db
+from _redis_support import delete_prefix, streams_url
 
 from evcore import Dispatcher, Receiver
 from evcore.checkpoint import load_checkpoint
@@ -38,15 +38,8 @@ EVCORE = [sys.executable, "-c", "from evcore.cli import main; main()"]
 @pytest.fixture
 def stream_url(redis_url: str) -> Iterator[str]:
     prefix = f"evtest-{uuid.uuid4().hex[:10]}:"
-    base = with_db(redis_url).replace("redis://", "redis+streams://", 1)
-    yield f"{base}?partitions=4&prefix={prefix}"
-    client = admin(with_db(redis_url))
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    yield streams_url(redis_url, prefix, partitions=4)
+    delete_prefix(redis_url, prefix)
 
 
 def _publish(url: str, events: list[tuple[str, dict[str, Any]]], pace: float = 0.0) -> None:

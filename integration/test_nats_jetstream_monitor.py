@@ -4,11 +4,10 @@ lost or doubled; a group of member processes holds the State of one)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from _nats_support import delete_streams
+from _nats_support import jetstream_url
 from test_durable_monitor import (
     test_a_group_of_member_processes_holds_the_state_of_one,
     test_a_monitor_killed_at_random_moments_resumes_with_nothing_lost_or_doubled,
@@ -24,7 +23,5 @@ __all__ = [
 
 @pytest.fixture
 def stream_url(nats_url: str) -> Iterator[str]:
-    prefix = f"evtest{uuid.uuid4().hex[:10]}"
-    base = nats_url.replace("nats://", "jetstream://", 1)
-    yield f"{base}?partitions=4&stream_prefix={prefix}"
-    delete_streams(nats_url, prefix)
+    with jetstream_url(nats_url, 4) as url:
+        yield url

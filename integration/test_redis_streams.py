@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from _net import free_port, wait_for
-from _redis_support import PrivateRedis, admin, with_db
+from _redis_support import PrivateRedis, delete_prefix, streams_url
 
 from evcore import Dispatcher, Receiver
 from evcore.state import State
@@ -27,27 +27,11 @@ from benchmarks.workload import make_events, sendable
 pytestmark = [pytest.mark.redis, pytest.mark.durable]
 
 
-def _streams_url(redis_url: str, prefix: str, **query: Any) -> str:
-    base = with_db(redis_url).replace("redis://", "redis+streams://", 1)
-    options = "&".join(f"{key}={value}" for key, value in {"prefix": prefix, **query}.items())
-    return f"{base}?{options}"
-
-
-def _delete_prefix(redis_url: str, prefix: str) -> None:
-    client = admin(with_db(redis_url))
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 @pytest.fixture
 def stream_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"evtest-{uuid.uuid4().hex[:10]}:"
     yield prefix
-    _delete_prefix(redis_url, prefix)
+    delete_prefix(redis_url, prefix)
 
 
 class TestRedisStreamsConformance(TransportConformance):
@@ -62,8 +46,8 @@ class TestRedisStreamsConformance(TransportConformance):
 
     @pytest.fixture(autouse=True)
     def _redis(self, redis_url: str, stream_prefix: str) -> None:
-        self.transport_url = _streams_url(redis_url, stream_prefix, partitions=3)
-        self.retention_url = _streams_url(
+        self.transport_url = streams_url(redis_url, stream_prefix, partitions=3)
+        self.retention_url = streams_url(
             redis_url, stream_prefix, partitions=2, maxlen=self.retention_maxlen
         )
         self.unreachable_url = f"redis+streams://127.0.0.1:{free_port()}/0"
@@ -92,7 +76,7 @@ def _tasks(state_snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_a_group_of_two_monitors_holds_the_state_of_one(redis_url: str, stream_prefix: str) -> None:
-    url = _streams_url(redis_url, stream_prefix, partitions=4)
+    url = streams_url(redis_url, stream_prefix, partitions=4)
     events = _workload(300)
     with Dispatcher(url, hostname="w1@streams", buffer_group=("task",)) as dispatcher:
         for type_, fields in events:

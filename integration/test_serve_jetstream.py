@@ -4,11 +4,10 @@ applied exactly once)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from _nats_support import delete_streams
+from _nats_support import jetstream_url
 from test_serve_redis_streams import (
     PARTITIONS,
     test_serve_killed_and_restarted_applies_every_event_once,
@@ -21,7 +20,5 @@ __all__ = ["test_serve_killed_and_restarted_applies_every_event_once"]
 
 @pytest.fixture
 def stream_url(nats_url: str) -> Iterator[str]:
-    prefix = f"evtestserve{uuid.uuid4().hex[:10]}"
-    base = nats_url.replace("nats://", "jetstream://", 1)
-    yield f"{base}?partitions={PARTITIONS}&stream_prefix={prefix}"
-    delete_streams(nats_url, prefix)
+    with jetstream_url(nats_url, PARTITIONS) as url:
+        yield url

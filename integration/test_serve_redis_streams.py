@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _redis_support import admin, with_db
+from _redis_support import delete_prefix, streams_url
 
 from evcore.checkpoint import load_checkpoint
 from evcore.registry import connect
@@ -37,15 +37,8 @@ READY = re.compile(rb"on http://127\.0\.0\.1:(\d+)/")
 @pytest.fixture
 def stream_url(redis_url: str) -> Iterator[str]:
     prefix = f"evtest-serve-{uuid.uuid4().hex[:10]}:"
-    base = with_db(redis_url).replace("redis://", "redis+streams://", 1)
-    yield f"{base}?partitions={PARTITIONS}&prefix={prefix}"
-    client = admin(with_db(redis_url))
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    yield streams_url(redis_url, prefix, partitions=PARTITIONS)
+    delete_prefix(redis_url, prefix)
 
 
 def publish(transport: Transport, first: int, count: int) -> None:

@@ -74,26 +74,32 @@ def options(path: Path, **extra: Any) -> MonitorOptions:
     return MonitorOptions(state_file=path, max_tasks=None, **extra)
 
 
+def serve_until_done(url: str, path: Path, tasks: int) -> Monitor:
+    """Run a service on ``path`` until it holds ``tasks`` finished tasks, then stop it."""
+
+    async def run() -> Monitor:
+        monitor = Monitor(url, options(path))
+        await monitor.start()
+        await wait_until(lambda: all_succeeded(monitor, tasks))
+        await monitor.stop()
+        return monitor
+
+    return asyncio.run(run())
+
+
 def test_a_restarted_service_resumes_after_the_saved_positions(tmp_path: Path) -> None:
     url, path = stream_url(), tmp_path / "state.json"
     transport = connect(url)
     publish(transport, 0, 20)
 
-    async def run(expected_tasks: int) -> Monitor:
-        monitor = Monitor(url, options(path))
-        await monitor.start()
-        await wait_until(lambda: all_succeeded(monitor, expected_tasks))
-        await monitor.stop()
-        return monitor
-
-    first = asyncio.run(run(20))
+    first = serve_until_done(url, path, 20)
     assert first.durable and first.state.event_count == 80
     saved = json.loads(path.read_text())
     assert saved["format"] == "evcore.checkpoint"
     assert sorted(saved["positions"]) == ["0", "1", "2"]
 
     publish(transport, 20, 10)
-    second = asyncio.run(run(30))
+    second = serve_until_done(url, path, 30)
     # Had it read from the start again, the first 80 events would count twice.
     assert second.state.event_count == 120
     assert second.positions != first.positions
@@ -141,15 +147,8 @@ def test_a_copy_saved_mid_stream_replays_to_the_same_state(tmp_path: Path) -> No
     partial = [json.loads(copy.read_text())["state"]["counters"]["event_count"] for copy in copies]
     assert any(0 < count < total * 4 for count in partial), partial
 
-    async def resume(copy: Path) -> Monitor:
-        monitor = Monitor(url, options(copy))
-        await monitor.start()
-        await wait_until(lambda: all_succeeded(monitor, total))
-        await monitor.stop()
-        return monitor
-
     for copy in copies:
-        resumed = asyncio.run(resume(copy))
+        resumed = serve_until_done(url, copy, total)
         assert resumed.state.event_count == total * 4
         assert {u: t.state for u, t in resumed.state.tasks.items()} == {
             u: t.state for u, t in reference.state.tasks.items()

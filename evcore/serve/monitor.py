@@ -21,7 +21,13 @@ from typing import Any
 
 from evcore._connect import resolve_transport
 from evcore.aio import DEFAULT_MAXSIZE, AsyncReceiver, StreamMark
-from evcore.checkpoint import Checkpoint, is_checkpoint, parse_checkpoint, save_checkpoint
+from evcore.checkpoint import (
+    Checkpoint,
+    is_checkpoint,
+    parse_checkpoint,
+    resume_from,
+    save_checkpoint,
+)
 from evcore.codec import loads
 from evcore.errors import ConnectionLost
 from evcore.serve.metrics import DEFAULT_MAX_LABEL_SETS, EventMetrics, Family, SourceStats
@@ -202,16 +208,7 @@ class Monitor:
     def _assigned(self, partitions: frozenset[int]) -> dict[int, str]:
         """Where to read newly owned partitions: after the state file's positions, else
         from ``stream_start`` (called in the receiving thread)."""
-        start = self.options.stream_start
-        chosen = {}
-        for partition in partitions:
-            if partition in self.positions:
-                chosen[partition] = self.positions[partition]
-            elif isinstance(start, Mapping):
-                chosen[partition] = start.get(partition, EARLIEST)
-            else:
-                chosen[partition] = start
-        return chosen
+        return resume_from(partitions, self.positions, self.options.stream_start)
 
     # -- running --------------------------------------------------------------------------
 
