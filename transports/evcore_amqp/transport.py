@@ -17,6 +17,7 @@ from evcore.transport import (
     OutgoingMessage,
     QueueOptions,
 )
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_amqp.connection import describe, load_pika
 from evcore_amqp.fastpath import fast_path_enabled
 from evcore_amqp.options import AMQPOptions, parse_url
@@ -58,7 +59,7 @@ class AMQPTransport:
         #: installed pika is one it was tested against (see ``evcore_amqp.fastpath``).
         self.fast_path = fast_path_enabled(options.fast_path)
         self._publisher = Publisher(options)
-        self._subscriptions: set[AMQPSubscription] = set()
+        self._subscriptions: OpenSubscriptions[AMQPSubscription] = OpenSubscriptions()
         #: Queues whose subscription lost its connection: the broker may still hold them.
         self._stale_queues: set[str] = set()
         self._lock = threading.Lock()
@@ -115,25 +116,23 @@ class AMQPTransport:
         )
         with self._lock:
             self._stale_queues.discard(queue.name)
-            if not self._closed:
-                self._subscriptions.add(subscription)
-                return subscription
-        subscription.close()
-        raise ConnectionLost("the AMQP transport was closed while subscribing")
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("the AMQP transport was closed while subscribing")
+        return subscription
 
     def close(self) -> None:
         """Close the publishing connection and every subscription; safe to call twice."""
         with self._lock:
             self._closed = True
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription.close()
         self._publisher.close()
 
     def _forget(self, subscription: AMQPSubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
-            if subscription.lost:
+        self._subscriptions.forget(subscription)
+        if subscription.lost:
+            with self._lock:
                 self._stale_queues.add(subscription.queue.name)
 
     def _check_exchange(self, exchange: Exchange) -> None:

@@ -20,6 +20,7 @@ from evcore.errors import (
     UnsupportedOperation,
 )
 from evcore.transport import Exchange, IncomingMessage, OutgoingMessage, QueueOptions
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_kombu.errors import INSTALL_HINT, import_kombu, translate
 from evcore_kombu.support import KombuSupport, inspect_transport
 
@@ -70,7 +71,7 @@ class KombuTransport:
         self.capabilities = self.support.capabilities
         self._lock = threading.Lock()
         self._publisher: _Publisher | None = None
-        self._subscriptions: set[KombuSubscription] = set()
+        self._subscriptions: OpenSubscriptions[KombuSubscription] = OpenSubscriptions()
         self._closed = False
 
     @classmethod
@@ -143,18 +144,10 @@ class KombuTransport:
             binding_key = "#"
         subscription = KombuSubscription(self, self._template.clone())
         subscription.start(exchange, binding_key, queue, warm_up=self.support.virtual)
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self._subscriptions.add(subscription)
-        if closed:
+        if not self._subscriptions.add(subscription):
             subscription.close()
             raise ConnectionLost("kombu transport is closed")
         return subscription
-
-    def _forget(self, subscription: KombuSubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
 
     def _refuse_unless_broadcast(self, exchange: Exchange) -> None:
         reason = self.support.refusal(exchange.type)
@@ -167,9 +160,8 @@ class KombuTransport:
         """Close every subscription and the publishing connection. Safe to call twice."""
         with self._lock:
             self._closed = True
-            subscriptions = list(self._subscriptions)
             publisher, self._publisher = self._publisher, None
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription.close()
         if publisher is not None:
             publisher.close()
@@ -309,7 +301,7 @@ class KombuSubscription:
             else:
                 _quietly(self._connection.collect, "discarding a lost kombu connection")
             self._pending.clear()
-        self._transport._forget(self)
+        self._transport._subscriptions.forget(self)
 
 
 class _Publisher:

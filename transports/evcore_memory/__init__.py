@@ -31,6 +31,7 @@ from evcore.transport import (
     OutgoingMessage,
     QueueOptions,
 )
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 
 __all__ = ["MemoryBus", "MemorySubscription", "MemoryTransport", "get_bus"]
 
@@ -236,7 +237,7 @@ class MemorySubscription:
         if not self._closed.is_set():
             self._closed.set()
             self._transport.bus.unsubscribe(self._queue)
-            self._transport._forget(self)
+            self._transport._subscriptions.forget(self)
 
 
 class MemoryTransport:
@@ -247,7 +248,7 @@ class MemoryTransport:
 
     def __init__(self, bus: MemoryBus | None = None) -> None:
         self.bus = bus if bus is not None else get_bus()
-        self._subscriptions: set[MemorySubscription] = set()
+        self._subscriptions: OpenSubscriptions[MemorySubscription] = OpenSubscriptions()
         self._closed = False
 
     @classmethod
@@ -276,15 +277,14 @@ class MemoryTransport:
             raise ConnectionLost("memory transport is closed")
         bus_queue, generation = self.bus.subscribe(exchange, binding_key, queue)
         subscription = MemorySubscription(self, bus_queue, generation)
-        self._subscriptions.add(subscription)
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("memory transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: MemorySubscription) -> None:
-        self._subscriptions.discard(subscription)
 
     def close(self) -> None:
         self._closed = True
-        for subscription in list(self._subscriptions):
+        for subscription in self._subscriptions.close():
             subscription.close()
 
     def __repr__(self) -> str:

@@ -39,6 +39,7 @@ from evcore.transport import (
     QueueOptions,
     StreamOptions,
 )
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 
 __all__ = ["MemoryStreamBroker", "MemoryStreamSubscription", "MemoryStreamTransport"]
 
@@ -407,7 +408,7 @@ class MemoryStreamSubscription:
                     if owner == self.member:
                         del group.leases[partition]
             self._broker.arrived.notify_all()
-        self._transport._forget(self)
+        self._transport._subscriptions.forget(self)
 
 
 class MemoryStreamTransport:
@@ -426,7 +427,7 @@ class MemoryStreamTransport:
             durable=True,
             partitions=self.broker.partitions,
         )
-        self._subscriptions: set[MemoryStreamSubscription] = set()
+        self._subscriptions: OpenSubscriptions[MemoryStreamSubscription] = OpenSubscriptions()
         self.closed = False
         self._members = 0
 
@@ -476,15 +477,14 @@ class MemoryStreamTransport:
         self._members += 1
         member = options.member or f"member-{id(self):x}-{self._members}"
         subscription = MemoryStreamSubscription(self, exchange, binding_key, options, member)
-        self._subscriptions.add(subscription)
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("memory stream transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: MemoryStreamSubscription) -> None:
-        self._subscriptions.discard(subscription)
 
     def close(self) -> None:
         self.closed = True
-        for subscription in list(self._subscriptions):
+        for subscription in self._subscriptions.close():
             subscription.close()
         with self.broker.lock:
             self.broker.arrived.notify_all()

@@ -35,6 +35,7 @@ from evcore.transport import (
     OutgoingMessage,
     QueueOptions,
 )
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_nats.client import Link, load_nats
 from evcore_nats.settings import NatsSettings, parse_settings
 from evcore_nats.subjects import (
@@ -306,8 +307,7 @@ class NatsTransport:
         self.settings = settings
         self._link = Link(settings, "core")
         self._publisher = Publisher(self._link)
-        self._subscriptions: set[NatsSubscription] = set()
-        self._lock = threading.Lock()
+        self._subscriptions: OpenSubscriptions[NatsSubscription] = OpenSubscriptions()
         self._closed = False
 
     @classmethod
@@ -370,21 +370,18 @@ class NatsTransport:
         if self._closed:
             raise ConnectionLost("the NATS transport is closed")
         _require_type(exchange)
-        subscription = NatsSubscription(self._link, exchange, binding_key, self._forget)
-        with self._lock:
-            self._subscriptions.add(subscription)
+        subscription = NatsSubscription(
+            self._link, exchange, binding_key, self._subscriptions.forget
+        )
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("the NATS transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: NatsSubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
 
     def close(self) -> None:
         """Close every subscription, the connection and the loop thread; safe twice."""
         self._closed = True
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription._close(unsubscribe=False)
         self._link.close()
 

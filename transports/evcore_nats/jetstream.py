@@ -70,6 +70,7 @@ from evcore.transport import (
     QueueOptions,
     StreamOptions,
 )
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_nats.client import Link, Session, load_nats
 from evcore_nats.core import NatsStats, Publisher, refusal
 from evcore_nats.groups import GroupState, group_key, join, plan, release
@@ -674,7 +675,7 @@ class JetStreamSubscription:
         if session.lost is not None or self._link.closed:
             # A dead connection: the partitions stay this member's until their leases run
             # out, so a Receiver that subscribes again continues them where it was.
-            self._transport._forget(self)
+            self._transport._subscriptions.forget(self)
             return
         if owned and self._group is not None and self._options.on_revoked is not None:
             self._options.on_revoked(owned)
@@ -682,7 +683,7 @@ class JetStreamSubscription:
             self._run(lambda: self._stop(readers), "stopping consumers")
             if self._group is not None:
                 self._change_group(lambda state: release(state, self.member))
-        self._transport._forget(self)
+        self._transport._subscriptions.forget(self)
 
     def __repr__(self) -> str:
         who = f"{self._group}/{self.member}" if self._group is not None else self.member
@@ -763,8 +764,7 @@ class JetStreamTransport:
         self._link = Link(settings, "jetstream")
         self._publisher = Publisher(self._link)
         self._layouts: dict[str, StreamLayout] = {}
-        self._subscriptions: set[JetStreamSubscription] = set()
-        self._lock = threading.Lock()
+        self._subscriptions: OpenSubscriptions[JetStreamSubscription] = OpenSubscriptions()
         self._members = itertools.count(1)
         self._closed = False
 
@@ -952,13 +952,10 @@ class JetStreamTransport:
         subscription = JetStreamSubscription(
             self, exchange, binding_key, options, member, pubsub=pubsub
         )
-        with self._lock:
-            self._subscriptions.add(subscription)
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("the JetStream transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: JetStreamSubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
 
     def delete_exchange(self, exchange: str) -> None:
         """Delete ``exchange``'s stream and its groups' bucket, with everything in them."""
@@ -981,10 +978,7 @@ class JetStreamTransport:
         """Close every subscription (handing their partitions over), the connection and
         the loop thread; safe to call twice."""
         self._closed = True
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-            self._subscriptions.clear()
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription.close()
         self._link.close()
 

@@ -24,6 +24,7 @@ from evcore.transport import (
     OutgoingMessage,
     QueueOptions,
 )
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_pgnotify.client import connect, load_psycopg, translate, validate
 from evcore_pgnotify.payload import MAX_BODY_SIZE, MAX_PAYLOAD, channel_for, encode
 from evcore_pgnotify.settings import NotifySettings, parse_settings
@@ -55,7 +56,7 @@ class NotifyTransport:
         self._connection: Any = None
         self._utf8_server = False
         self._nonces = itertools.count()
-        self._subscriptions: set[NotifySubscription] = set()
+        self._subscriptions: OpenSubscriptions[NotifySubscription] = OpenSubscriptions()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -114,22 +115,17 @@ class NotifyTransport:
             exchange.type,
             binding_key,
             channel_for(exchange.name),
-            self._forget,
+            self._subscriptions.forget,
         )
-        with self._lock:
-            self._subscriptions.add(subscription)
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("the PostgreSQL transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: NotifySubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
 
     def close(self) -> None:
         """Close every subscription and the publishing connection; safe to call twice."""
         self._closed = True
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription.close()
         with self._lock:
             connection, self._connection = self._connection, None

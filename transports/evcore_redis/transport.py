@@ -10,13 +10,13 @@ cheaper than packing them through redis-py one argument at a time. Subscribing i
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 from evcore.errors import ConnectionLost, UnsupportedOperation
 from evcore.transport import FANOUT, Capabilities, Exchange, OutgoingMessage, QueueOptions
 from evcore_adapter_helpers.envelope import pack_many
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_redis.client import connection_for, load_redis, translate
 from evcore_redis.settings import RedisSettings, parse_settings
 from evcore_redis.subscription import RedisSubscription
@@ -50,8 +50,7 @@ class RedisTransport:
         self._response_error: type[BaseException] = load_redis().ResponseError
         self._connection: Any = None
         self._heads: dict[tuple[str, str], bytes] = {}
-        self._subscriptions: set[RedisSubscription] = set()
-        self._lock = threading.Lock()
+        self._subscriptions: OpenSubscriptions[RedisSubscription] = OpenSubscriptions()
         self._closed = False
 
     @classmethod
@@ -125,21 +124,18 @@ class RedisTransport:
             raise ConnectionLost("the Redis transport is closed")
         _require_fanout(exchange)
         patterns = self.settings.subscribe_patterns(exchange.name, binding_key)
-        subscription = RedisSubscription(self.settings, exchange.name, patterns, self._forget)
-        with self._lock:
-            self._subscriptions.add(subscription)
+        subscription = RedisSubscription(
+            self.settings, exchange.name, patterns, self._subscriptions.forget
+        )
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("the Redis transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: RedisSubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
 
     def close(self) -> None:
         """Close the publishing connection and every subscription; safe to call twice."""
         self._closed = True
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription.close()
         connection, self._connection = self._connection, None
         if connection is not None:

@@ -8,7 +8,6 @@ JSON (``h``), the content type (``c``) and encoding (``e``).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from evcore.transport import (
     QueueOptions,
     StreamOptions,
 )
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_redis.client import connection_for, load_redis, translate
 from evcore_redis_streams.layout import StreamSettings, parse_stream_url
 from evcore_redis_streams.subscription import RedisStreamSubscription
@@ -64,8 +64,7 @@ class RedisStreamsTransport:
         self._response_error: type[BaseException] = redis.ResponseError
         self._connection: Any = None
         self._heads: dict[tuple[str, int], bytes] = {}
-        self._subscriptions: set[RedisStreamSubscription] = set()
-        self._lock = threading.Lock()
+        self._subscriptions: OpenSubscriptions[RedisStreamSubscription] = OpenSubscriptions()
         self._closed = False
 
     @classmethod
@@ -162,22 +161,17 @@ class RedisStreamsTransport:
             raise ConnectionLost("the Redis Streams transport is closed")
         _check_exchange(exchange)
         subscription = RedisStreamSubscription(
-            self.settings, exchange, binding_key, options, self._forget
+            self.settings, exchange, binding_key, options, self._subscriptions.forget
         )
-        with self._lock:
-            self._subscriptions.add(subscription)
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("the Redis Streams transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: RedisStreamSubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
 
     def close(self) -> None:
         """Close the appending connection and every subscription; safe to call twice."""
         self._closed = True
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription.close()
         connection, self._connection = self._connection, None
         if connection is not None:

@@ -28,6 +28,7 @@ from evcore.transport import (
     QueueOptions,
 )
 from evcore_adapter_helpers.envelope import pack_many
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_redis.client import load_redis, translate
 from evcore_rediscluster.client import load_cluster_client
 from evcore_rediscluster.settings import ClusterSettings, parse_cluster_settings
@@ -57,7 +58,7 @@ class ClusterTransport:
         self._cluster: Any = None
         #: Every node seen, tried when the cluster map is built again after a failure.
         self._known: dict[tuple[str, int], None] = dict.fromkeys(settings.startup_nodes)
-        self._subscriptions: set[ClusterSubscription] = set()
+        self._subscriptions: OpenSubscriptions[ClusterSubscription] = OpenSubscriptions()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -164,26 +165,21 @@ class ClusterTransport:
                 exchange.name,
                 exchange.type,
                 binding_key,
-                self._forget,
+                self._subscriptions.forget,
             )
         except ConnectionLost:
             with self._lock:
                 self._forget_cluster()  # the map may be stale: build it again next time
             raise
-        with self._lock:
-            self._subscriptions.add(subscription)
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("the Redis Cluster transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: ClusterSubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
 
     def close(self) -> None:
         """Close every subscription and the cluster client; safe to call twice."""
         self._closed = True
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription.close()
         with self._lock:
             self._forget_cluster()

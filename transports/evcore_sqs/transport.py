@@ -25,6 +25,7 @@ from evcore.transport import (
     OutgoingMessage,
     QueueOptions,
 )
+from evcore_adapter_helpers.subscriptions import OpenSubscriptions
 from evcore_sqs.client import clients_for, is_missing_queue, load_boto3, translate
 from evcore_sqs.payload import MAX_BODY_SIZE, MAX_MESSAGE, encode, size_of
 from evcore_sqs.settings import SqsSettings, parse_settings, topic_name
@@ -57,7 +58,7 @@ class SqsTransport:
         self._topics: dict[str, str] = {}
         #: FIFO message group: one per publisher, so that its order is kept.
         self._group = uuid.uuid4().hex
-        self._subscriptions: set[SqsSubscription] = set()
+        self._subscriptions: OpenSubscriptions[SqsSubscription] = OpenSubscriptions()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -156,15 +157,12 @@ class SqsTransport:
             exchange.type,
             binding_key,
             queue.name,
-            self._forget,
+            self._subscriptions.forget,
         )
-        with self._lock:
-            self._subscriptions.add(subscription)
+        if not self._subscriptions.add(subscription):
+            subscription.close()
+            raise ConnectionLost("the SQS transport was closed while subscribing")
         return subscription
-
-    def _forget(self, subscription: SqsSubscription) -> None:
-        with self._lock:
-            self._subscriptions.discard(subscription)
 
     def sweep(self, older_than: float = 3600.0) -> list[str]:
         """Delete the queues (and their SNS subscriptions) of receivers that died without
@@ -195,9 +193,7 @@ class SqsTransport:
         """Close every subscription (deleting its queue) and the clients' connections; safe
         to call twice."""
         self._closed = True
-        with self._lock:
-            subscriptions = list(self._subscriptions)
-        for subscription in subscriptions:
+        for subscription in self._subscriptions.close():
             subscription.close()
         with self._lock:
             clients, self._clients = self._clients, None
