@@ -1,5 +1,6 @@
-"""Shared machinery of the fault tests: a numbered stream, a monitor feeding a State, the
-reconciliation of both sides' counters, and a TCP proxy that can cut or stall.
+"""Shared machinery of the fault tests: a receiver collecting event types, a numbered
+stream, a monitor feeding a State, the reconciliation of both sides' counters, and a TCP
+proxy that can cut or stall.
 
 The reconciliation is the point of every fault test. Each event the dispatcher accepted
 ends in exactly one place::
@@ -25,6 +26,32 @@ from typing import Any
 from _net import TcpProxy, wait_for
 
 from evcore import Dispatcher, Receiver, State
+
+
+class Capture:
+    """A Receiver consuming in a thread of its own, collecting event types."""
+
+    def __init__(self, url: str, exchange: str) -> None:
+        self.receiver = Receiver(url, exchange=exchange, reconnect_delay=(0.05, 0.5))
+        self.types: list[str] = []
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for event in self.receiver.itercapture(timeout=60):
+                self.types.append(event["type"])
+        except BaseException as exc:  # reported by the test
+            self.errors.append(exc)
+
+    def saw(self, *types: str, timeout: float = 15.0) -> bool:
+        return wait_for(lambda: all(t in self.types for t in types), timeout)
+
+    def stop(self) -> None:
+        self.receiver.close()
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the receiver did not stop"
 
 
 class Monitor:

@@ -134,6 +134,16 @@ class PrivateCluster:
             primary_id = primary.node_id()
             assert wait_for(lambda r=replica, p=primary_id: _replicate(r, p), 10)
             assert wait_for(replica.synced, 15), "the replica did not sync with its primary"
+            # A primary ignores a failover vote request from a node it has not heard of
+            # through gossip yet: wait until every node knows the replica as such.
+            others = [node for node in self.nodes if node is not replica]
+            replica_id = replica.node_id()
+            assert wait_for(
+                lambda o=others, r=replica_id, p=primary_id: all(
+                    _sees_replica(node, r, p) for node in o
+                ),
+                15,
+            ), "the other nodes did not learn of the replica"
         assert wait_for(self.healthy, 30), "the private cluster did not become healthy"
 
     def healthy(self) -> bool:
@@ -161,6 +171,18 @@ class PrivateCluster:
         for node in self.nodes:
             node.stop()
         self._tmp.cleanup()
+
+
+def _sees_replica(node: ClusterNode, replica_id: str, primary_id: str) -> bool:
+    """Whether ``node`` lists ``replica_id`` as a replica of ``primary_id``."""
+    with node.client() as client:
+        listing = client.execute_command("CLUSTER", "NODES")
+    text = listing.decode() if isinstance(listing, bytes) else str(listing)
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[0] == replica_id:
+            return "slave" in fields[2].split(",") and fields[3] == primary_id
+    return False
 
 
 def _replicate(replica: ClusterNode, primary_id: str) -> bool:

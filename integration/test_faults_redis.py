@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _faults_support import Monitor, StallingProxy, Stream, reconcile
+from _faults_support import Capture, Monitor, StallingProxy, Stream, reconcile
 from _net import wait_for
 from _redis_support import (
     TEST_DB,
@@ -27,7 +27,7 @@ from _redis_support import (
     with_db,
 )
 
-from evcore import Dispatcher, Receiver
+from evcore import Dispatcher
 from evcore.errors import ConnectionLost
 from evcore.transport import FANOUT, Exchange, OutgoingMessage, QueueOptions
 from evcore_redis import RedisTransport
@@ -35,32 +35,6 @@ from evcore_redis import RedisTransport
 pytestmark = pytest.mark.redis
 
 HOST = "w1@faults"
-
-
-class Capture:
-    """A Receiver consuming in a thread of its own, collecting event types."""
-
-    def __init__(self, url: str, exchange: str) -> None:
-        self.receiver = Receiver(url, exchange=exchange, reconnect_delay=(0.05, 0.5))
-        self.types: list[str] = []
-        self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for event in self.receiver.itercapture(timeout=60):
-                self.types.append(event["type"])
-        except BaseException as exc:  # reported by the test
-            self.errors.append(exc)
-
-    def saw(self, *types: str, timeout: float = 15.0) -> bool:
-        return wait_for(lambda: all(t in self.types for t in types), timeout)
-
-    def stop(self) -> None:
-        self.receiver.close()
-        self._thread.join(10)
-        assert not self._thread.is_alive(), "the receiver did not stop"
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _faults_support import Capture
 from _nats_support import PrivateNats, private_nats
 from _net import wait_for
 
-from evcore import Dispatcher, Receiver
+from evcore import Dispatcher
 from evcore.errors import ConnectionLost
 from evcore.transport import TOPIC, Exchange, OutgoingMessage, QueueOptions
 from evcore_nats import NatsTransport
@@ -26,32 +27,6 @@ pytestmark = pytest.mark.nats
 def server() -> Iterator[PrivateNats]:
     with private_nats() as server:
         yield server
-
-
-class Capture:
-    """A Receiver consuming in a thread of its own, collecting event types."""
-
-    def __init__(self, url: str, exchange: str) -> None:
-        self.receiver = Receiver(url, exchange=exchange, reconnect_delay=(0.05, 0.5))
-        self.types: list[str] = []
-        self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for event in self.receiver.itercapture(timeout=60):
-                self.types.append(event["type"])
-        except BaseException as exc:  # reported by the test
-            self.errors.append(exc)
-
-    def saw(self, *types: str, timeout: float = 15.0) -> bool:
-        return wait_for(lambda: all(t in self.types for t in types), timeout)
-
-    def stop(self) -> None:
-        self.receiver.close()
-        self._thread.join(10)
-        assert not self._thread.is_alive(), "the receiver did not stop"
 
 
 def test_transport_raises_connection_lost_while_the_server_is_down_and_recovers(
