@@ -375,7 +375,7 @@ class Monitor:
         if self.options.state_file is None:
             return False
         if not self.durable:
-            await asyncio.to_thread(self._write, self._checkpoint(None))
+            await asyncio.to_thread(self.save)  # copied and written in the thread
             return True
         async with self._applying:
             mark = self._mark

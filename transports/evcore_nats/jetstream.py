@@ -156,26 +156,30 @@ def layout_for(settings: NatsSettings, exchange: str) -> StreamLayout:
     )
 
 
-def sequence_of(reply: str) -> int:
-    """The stream sequence in a JetStream acknowledgement subject (``$JS.ACK....``), in
-    both its short form and the one with domain and account tokens; 0 if not one."""
+def _ack_number(reply: str, after_sequence: int) -> int | None:
+    """The number ``after_sequence`` tokens past the stream sequence of a JetStream
+    acknowledgement subject (``$JS.ACK....``), in both its short form and the one with
+    domain and account tokens; None if the subject is not one."""
     tokens = reply.split(".")
     index = 5 if len(tokens) == 9 else 7 if len(tokens) >= 11 else -1
+    if index < 0 or tokens[0] != "$JS":
+        return None
     try:
-        return int(tokens[index]) if index > 0 and tokens[0] == "$JS" else 0
+        return int(tokens[index + after_sequence])
     except ValueError:
-        return 0
+        return None
+
+
+def sequence_of(reply: str) -> int:
+    """The stream sequence in an acknowledgement subject; 0 if not one."""
+    return _ack_number(reply, 0) or 0
 
 
 def appended_at(reply: str) -> float | None:
     """When the server stored the message, from the nanoseconds in its acknowledgement
     subject (two tokens after the stream sequence); None if the subject has none."""
-    tokens = reply.split(".")
-    index = 7 if len(tokens) == 9 else 9 if len(tokens) >= 11 else -1
-    try:
-        return int(tokens[index]) / 1e9 if index > 0 and tokens[0] == "$JS" else None
-    except ValueError:
-        return None
+    nanoseconds = _ack_number(reply, 2)
+    return None if nanoseconds is None else nanoseconds / 1e9
 
 
 class _Reader:
